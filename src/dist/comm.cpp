@@ -2,6 +2,13 @@
 #include "dist/comm.h"
 
 #include <torch/version.h>
+// Gloo is compiled into LibTorch on Linux, but only Debian's CPU build gets USE_C10D_GLOO from our CMake;
+// a LibTorch 2.x CUDA tree that ships the gloo headers can serve Gloo too (CPU tests in a CUDA build).
+#if !defined(USE_C10D_GLOO) && defined(__has_include)
+#if __has_include(<gloo/config.h>)
+#define USE_C10D_GLOO 1
+#endif
+#endif
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/Work.hpp>

@@ -70,13 +70,8 @@ GradReducer::~GradReducer() {
         } catch (...) {
         }
     }
-    // Unfinished collectives write into our buffers: let them end (bounded by the timeout) before freeing.
-    for (auto & b : buckets_) {
-        try {
-            b.work.wait();
-        } catch (...) {
-        }
-    }
+    // Collectives still in flight (an exception mid-step) keep their own references to the bucket
+    // buffers, so nothing here waits on them: a dead peer must not stall the unwinding.
 }
 
 void GradReducer::prepare(bool sync) {

@@ -328,6 +328,6 @@ TEST_CASE("bench: share of step time waiting on gradient all-reduce, 2 Gloo rank
     for (int r = 0; r < 2; ++r) {
         INFO("rank " << r << " log:\n" << run.logs[r]);
         REQUIRE(run.rc[r] == 0);
-        std::printf("rank %d: %s", r, test::read_file(dir.str("bench_rank" + std::to_string(r) + ".txt")).c_str());
+        std::printf("rank %d:\n%s", r, test::read_file(dir.str("bench_rank" + std::to_string(r) + ".txt")).c_str());
     }
 }
