@@ -113,10 +113,19 @@ void GradReducer::on_grad(int64_t slot_idx, const torch::Tensor & grad) {
     std::lock_guard<std::mutex> lock(mu_);
     if (!sync_) return;
     Slot & s = slots_[slot_idx];
-    TORCH_CHECK(!s.ready, "dist::GradReducer: parameter #", slot_idx,
-                " got a second gradient in one sync micro-step (two backward() calls after prepare(true)?); "
-                "call prepare(true) once before the single backward of the last micro-step");
     TORCH_CHECK(grad.layout() == torch::kStrided, "dist::GradReducer: sparse gradients are not supported");
+    if (s.ready) {
+        // A second gradient in one sync micro-step (several backward() calls, or checkpointing that runs
+        // a nested backward per segment): fine while its bucket is still being filled.
+        Bucket & b = buckets_[s.bucket];
+        TORCH_CHECK(!b.launched, "dist::GradReducer: parameter #", slot_idx, " (", s.param.sizes(),
+                    ") got another gradient after its bucket was already all-reduced; in the sync micro-step "
+                    "every parameter must receive its gradient in one backward, or use prepare(false) for the "
+                    "earlier backward calls");
+        torch::NoGradGuard no_grad;
+        b.flat.narrow(0, s.offset, s.param.numel()).view(s.param.sizes()).add_(grad);
+        return;
+    }
     fill_slot(s, &grad);
     launch_ready_in_order();
 }

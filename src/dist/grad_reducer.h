@@ -14,8 +14,13 @@
 //     average into every .grad. A parameter no rank produced a gradient for keeps an undefined .grad, as
 //     a single-process run would (each bucket carries one "had a gradient" count per parameter for this);
 //   - gradient accumulation: prepare(false) on non-final micro-steps skips all communication and lets
-//     .grad accumulate locally; the sync micro-step reduces the accumulated total.
+//     .grad accumulate locally; the sync micro-step reduces the accumulated total;
+//   - the sync micro-step should produce each gradient in one backward(); a later extra gradient for a
+//     parameter is added in while its bucket is still filling, and is an error once it was reduced.
 // The model never knows: hooks are attached from outside and removed by the destructor.
+//
+// Gradients are all-reduced in the parameters' dtype on comm.device() (fp32 here; Gloo's bf16 support
+// is limited, so keep master weights fp32 on CPU runs).
 //
 // Usage per optimizer step (grad_accum micro-steps):
 //     for (m = 0; m < grad_accum; ++m) { reducer.prepare(m == grad_accum - 1); loss.backward(); }
