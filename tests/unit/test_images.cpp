@@ -6,6 +6,11 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 
 using namespace idamoe::data;
@@ -144,4 +149,27 @@ TEST_CASE("images: blank image and token counts", "[data][images]") {
     CHECK(image_token_count(fixture_path("hf/clip_vision"), "cls_patch") == 10);
     CHECK(image_token_count(fixture_path("hf/siglip_vision"), "patch") == 15);
     CHECK(image_token_count(fixture_path("hf/siglip_vision"), "cls_patch") == 16);
+}
+
+// Benchmark driven by scripts/bench_data.sh (hidden: runs only when asked for by tag and given a folder).
+TEST_CASE("images: decode + CLIP-336 preprocessing throughput", "[.][bench_images]") {
+    const char * dir = std::getenv("IDAMOE_BENCH_IMAGES");
+    if (!dir) {
+        WARN("set IDAMOE_BENCH_IMAGES to a folder of JPEGs");
+        return;
+    }
+    std::vector<std::string> files;
+    for (const auto & e : std::filesystem::directory_iterator(dir))
+        if (e.path().extension() == ".jpg") files.push_back(e.path().string());
+    std::sort(files.begin(), files.end());
+    REQUIRE(!files.empty());
+    auto cfg = ImageProcessorConfig::clip336(false);
+    for (size_t i = 0; i < std::min<size_t>(5, files.size()); ++i) preprocess_image(decode_image_file(files[i]), cfg);
+    double checksum = 0;
+    auto t0 = std::chrono::steady_clock::now();
+    for (const auto & f : files) checksum += preprocess_image(decode_image_file(f), cfg)[0][0][0].item<float>();
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("idamoe: %zu images in %.3f s = %.1f images/s/core (checksum %.4f)\n", files.size(), s, files.size() / s,
+                checksum);
+    CHECK(std::isfinite(checksum));
 }
