@@ -401,7 +401,7 @@ private:
         for (size_t i = 0; i < n; ++i) syms[i] = byte_id_[static_cast<unsigned char>(p[i])];
         if (ignore_merges_ && n > 1) {
             std::string u;
-            auto b2u = bytes_to_unicode();
+            static const auto b2u = bytes_to_unicode();
             for (size_t i = 0; i < n; ++i) u += encode_cp(b2u[static_cast<unsigned char>(p[i])]);
             auto it = vocab_.find(u);
             if (it != vocab_.end()) syms.assign(1, it->second);

@@ -7,6 +7,8 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -195,4 +197,30 @@ TEST_CASE("tokenizer: load_tokenizer fails with the path for missing or unknown 
     CHECK_THROWS_WITH(load_tokenizer(d.str("bad")), Catch::Contains("byte"));
     write_text(d.str("bad.model"), "not a protobuf");
     CHECK_THROWS_AS(load_tokenizer(d.str("bad.model")), TokenizerError);
+}
+
+TEST_CASE("tokenizer: idamoe-tokenize encodes the corpus to HF's ids and decodes them back", "[data][tokenizer]") {
+    TempDir d;
+    std::string bin = idamoe::test::binary_path("idamoe-tokenize");
+    REQUIRE(std::filesystem::exists(bin));
+    std::string tok = fixture_path("tokenizer/qwen2");
+    std::string cmd = bin + " --tokenizer " + tok + " --jsonl " + fixture_path("tokenizer/corpus.jsonl") + " > " + d.str("ids.jsonl");
+    REQUIRE(std::system(cmd.c_str()) == 0);
+    auto got = read_jsonl(d.str("ids.jsonl"));
+    auto want = read_jsonl(fixture_path("tokenizer/expected_ids.jsonl"));
+    REQUIRE(got.size() == want.size());
+    for (size_t i = 0; i < got.size(); ++i) CHECK(got[i] == want[i]);
+    cmd = bin + " --tokenizer " + tok + " --decode --jsonl " + d.str("ids.jsonl") + " > " + d.str("text.jsonl");
+    REQUIRE(std::system(cmd.c_str()) == 0);
+    auto text = read_jsonl(d.str("text.jsonl"));
+    auto check = read_jsonl(fixture_path("tokenizer/decode_check.jsonl"));
+    REQUIRE(text.size() == check.size());
+    for (size_t i = 0; i < text.size(); ++i) CHECK(text[i] == check[i]["decoded"]);
+    // A bad line is reported on stderr, answered with null, and the exit status says so.
+    write_text(d.str("bad.jsonl"), "\"ok\"\n[1,2\n");
+    cmd = bin + " --tokenizer " + tok + " --jsonl " + d.str("bad.jsonl") + " > " + d.str("out.jsonl") + " 2> " + d.str("err.txt");
+    CHECK(std::system(cmd.c_str()) != 0);
+    auto out = read_jsonl(d.str("out.jsonl"));
+    REQUIRE(out.size() == 2);
+    CHECK(out[1].is_null());
 }
