@@ -11,6 +11,50 @@ namespace fs = std::filesystem;
 
 namespace idamoe::data {
 
+namespace {
+
+// U+FDD0, a noncharacter that never occurs in real text: stands in for each invalid UTF-8 sequence,
+// so that nlohmann (strict about UTF-8) parses the file and the record is reported as non_utf8.
+const char * kInvalidMarker = "\xEF\xB7\x90";
+
+// An istream buffer that replaces invalid UTF-8 in the underlying stream on the fly (64 KiB blocks;
+// an incomplete sequence at a block end waits for the next block).
+class Utf8SanitizingBuf : public std::streambuf {
+public:
+    explicit Utf8SanitizingBuf(std::istream & in) : in_(in) {}
+    int64_t replaced() const { return replaced_; }
+
+protected:
+    int_type underflow() override {
+        if (gptr() < egptr()) return traits_type::to_int_type(*gptr());
+        char block[65536];
+        in_.read(block, sizeof block);
+        std::streamsize got = in_.gcount();
+        std::string raw = pending_ + std::string(block, static_cast<size_t>(got));
+        pending_.clear();
+        const bool eof = got < static_cast<std::streamsize>(sizeof block);
+        if (!eof) {  // keep a possibly incomplete trailing sequence for the next block
+            size_t k = raw.size(), back = 0;
+            while (k > 0 && back < 3 && (static_cast<unsigned char>(raw[k - 1]) & 0xC0) == 0x80) { --k; ++back; }
+            if (k > 0 && static_cast<unsigned char>(raw[k - 1]) >= 0xC0) {
+                pending_ = raw.substr(k - 1);
+                raw.resize(k - 1);
+            }
+        }
+        if (raw.empty()) return eof ? traits_type::eof() : underflow();
+        out_ = utf8_valid(raw) ? std::move(raw) : utf8_sanitize(raw, kInvalidMarker, &replaced_);
+        setg(out_.data(), out_.data(), out_.data() + out_.size());
+        return traits_type::to_int_type(*gptr());
+    }
+
+private:
+    std::istream & in_;
+    std::string pending_, out_;
+    int64_t replaced_ = 0;
+};
+
+}  // namespace
+
 void BadSampleLog::add(const std::string & id, const std::string & where, const std::string & kind,
                        const std::string & detail) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -101,7 +145,7 @@ void LlavaDataset::load_file(int32_t source) {
             if (line.find_first_not_of(" \t\r") != std::string::npos) {
                 nlohmann::json rec;
                 try {
-                    rec = nlohmann::json::parse(line);
+                    rec = nlohmann::json::parse(utf8_valid(line) ? line : utf8_sanitize(line, kInvalidMarker));
                 } catch (const nlohmann::json::parse_error & e) {
                     ++records_;
                     bad_.add(path + "#" + std::to_string(index), path + ":" + std::to_string(lineno), "malformed_json",
@@ -130,10 +174,13 @@ void LlavaDataset::load_file(int32_t source) {
         return true;
     };
     nlohmann::json rest;
+    Utf8SanitizingBuf clean_buf(in);
+    std::istream clean(&clean_buf);
     try {
-        rest = nlohmann::json::parse(in, cb);
+        rest = nlohmann::json::parse(clean, cb);
     } catch (const nlohmann::json::parse_error & e) {
-        throw DataError("malformed JSON in " + path + " at byte offset " + std::to_string(e.byte - 1) + " (0-based; after " +
+        throw DataError("malformed JSON in " + path + " at byte offset " + std::to_string(e.byte - 1) + " (0-based" +
+                        (clean_buf.replaced() ? ", counted after replacing invalid UTF-8" : "") + "; after " +
                         std::to_string(index) + " records): " + e.what());
     }
     if (!top_is_array) throw DataError(path + ": expected a JSON array of LLaVA records at the top level");
@@ -177,7 +224,8 @@ void LlavaDataset::add_record(const nlohmann::json & rec, int32_t source, int64_
         s.turns.push_back({t["from"].get<std::string>(), t["value"].get<std::string>()});
     }
     for (const auto & t : s.turns)
-        if (!utf8_valid(t.value)) return bad("non_utf8", "turn text is not valid UTF-8");
+        if (!utf8_valid(t.value) || t.value.find(kInvalidMarker) != std::string::npos)
+            return bad("non_utf8", "turn text is not valid UTF-8");
     // Roles (MoE-LLaVA preprocess: a leading non-human turn is dropped, then strict alternation).
     std::vector<Turn> turns = s.turns;
     if (turns[0].from != "human") turns.erase(turns.begin());

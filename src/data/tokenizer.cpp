@@ -79,7 +79,7 @@ bool utf8_valid(const std::string & s) {
     return true;
 }
 
-std::string utf8_sanitize(const std::string & s) {
+std::string utf8_sanitize(const std::string & s, const char * replacement, int64_t * n_replaced) {
     auto * p = reinterpret_cast<const unsigned char *>(s.data());
     std::string out;
     out.reserve(s.size());
@@ -89,7 +89,8 @@ std::string utf8_sanitize(const std::string & s) {
             out.append(s, i, k);
             i += k;
         } else {
-            out += "\xEF\xBF\xBD";
+            out += replacement;
+            if (n_replaced) ++*n_replaced;
             i += -k;
         }
     }

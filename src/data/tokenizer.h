@@ -60,7 +60,9 @@ public:
 std::shared_ptr<Tokenizer> load_tokenizer(const std::string & path);
 
 // Replaces every maximal invalid UTF-8 subsequence by U+FFFD (Python errors="replace" semantics).
-std::string utf8_sanitize(const std::string & s);
+// `replacement` may be any valid UTF-8; `n_replaced` (optional) is incremented per replacement.
+std::string utf8_sanitize(const std::string & s, const char * replacement = "\xEF\xBF\xBD",
+                          int64_t * n_replaced = nullptr);
 bool utf8_valid(const std::string & s);
 // Unicode NFC of valid UTF-8 (utf8proc). Throws TokenizerError on invalid input.
 std::string nfc(const std::string & s);

@@ -48,6 +48,8 @@ std::string make_dataset(const TempDir & d, int n_img, int n_txt, const std::str
     return d.str(name);
 }
 
+std::map<std::string, int64_t> kinds_of(const LlavaDataset & ds) { return ds.bad().by_kind(); }
+
 LoaderOptions small_opts() {
     LoaderOptions o;
     o.batch_size = 4;
@@ -79,20 +81,17 @@ TEST_CASE("dataset: good records load; each kind of bad record is reported and l
     std::string json = arr.dump();
     json.insert(json.size() - 1, ", {\"id\": \"latin1\", \"conversations\": [{\"from\": \"human\", \"value\": \"caf\xE9\"}, {\"from\": \"gpt\", \"value\": \"x\"}]}");
     write_text(d.str("train.json"), json);
-    // nlohmann rejects invalid UTF-8 inside JSON strings as malformed JSON: that is a file-level error.
-    CHECK_THROWS_WITH(LlavaDataset({{d.str("train.json"), d.str("imgs")}}, "moe_llava", 1.0), Catch::Contains("byte offset"));
-    json = arr.dump();
-    write_text(d.str("train.json"), json);
     LlavaDataset ds({{d.str("train.json"), d.str("imgs")}}, "moe_llava", 1.0);
     CHECK(ds.size() == 5);  // 2 image + 2 text + the one with a leading gpt turn
-    CHECK(ds.records_read() == 12);
+    CHECK(ds.records_read() == 13);
+    CHECK(kinds_of(ds)["non_utf8"] == 1);
     auto kinds = ds.bad().by_kind();
     CHECK(kinds["bad_roles"] == 2);
     CHECK(kinds["image_tag_without_image"] == 1);
     CHECK(kinds["image_without_tag"] == 1);
     CHECK(kinds["empty_answer"] == 1);
     CHECK(kinds["malformed_record"] == 2);
-    CHECK(ds.bad().count() == 7);
+    CHECK(ds.bad().count() == 8);
     CHECK(ds.bad().entries()[0].where.find("train.json#") != std::string::npos);
     CHECK(ds.n_image_samples() == 2);
     CHECK(ds.at(0).images[0] == (fs::path(d.str("imgs")) / "a.png").string());
@@ -117,10 +116,14 @@ TEST_CASE("dataset: malformed files, missing files and missing image roots fail 
                       Catch::Contains("no_such_root"));
     CHECK_THROWS_AS(LlavaDataset({{d.str("train.json"), d.str("imgs")}}, "vicuna", 1.0), DataError);
     // JSONL: one record per line; a malformed line is one counted bad sample with its byte offset.
-    write_text(d.str("t.jsonl"), txt_rec("a", "q", "x").dump() + "\n{oops\n" + txt_rec("b", "q", "y").dump() + "\n");
+    write_text(d.str("t.jsonl"), txt_rec("a", "q", "x").dump() + "\n{oops\n" + txt_rec("b", "q", "y").dump() +
+                                     "\n{\"id\": \"l4\", \"conversations\": [{\"from\": \"human\", \"value\": \"caf\xE9\"}, "
+                                     "{\"from\": \"gpt\", \"value\": \"x\"}]}\n");
     LlavaDataset jl({{d.str("t.jsonl"), ""}}, "moe_llava", 1.0);
     CHECK(jl.size() == 2);
-    REQUIRE(jl.bad().count() == 1);
+    REQUIRE(jl.bad().count() == 2);
+    CHECK(kinds_of(jl)["non_utf8"] == 1);
+    CHECK(kinds_of(jl)["malformed_json"] == 1);
     CHECK(jl.bad().entries()[0].where == d.str("t.jsonl") + ":2");
     // Several files are concatenated in order.
     LlavaDataset two({{d.str("train.json"), d.str("imgs")}, {d.str("t.jsonl"), ""}}, "moe_llava", 1.0);
