@@ -307,6 +307,15 @@ TEST_CASE("loader: saved position restores to exactly the next batch (also acros
         CHECK(x.sample_ids == want[i]);
         CHECK(torch::equal(x.input_ids, want_ids[i]));
     }
+    // Every batch: one image tensor per run of image_tokens placeholders; masks match lengths.
+    for (int i = 0; i < 7; ++i) {
+        Batch x = b.next();
+        int64_t placeholders = (x.input_ids == kImageTokenId).sum().item<int64_t>();
+        int64_t n_img = x.images.defined() ? x.images.size(0) : 0;
+        CHECK(placeholders == n_img * opt.image_tokens);
+        CHECK(x.labels.masked_select(x.attention_mask == 0).ne(kIgnoreIndex).sum().item<int64_t>() == 0);
+        CHECK((x.labels.masked_select(x.input_ids == kImageTokenId) == kIgnoreIndex).all().item<bool>());
+    }
     // Epoch 1 is a different order from epoch 0.
     auto o = opt;
     std::vector<int64_t> lengths;

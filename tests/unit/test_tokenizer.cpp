@@ -187,6 +187,18 @@ TEST_CASE("tokenizer: SentencePiece .model gives spm_encode's ids; control symbo
     CHECK(tok->decode(tok->encode("The quick brown fox.")) == "The quick brown fox.");
 }
 
+TEST_CASE("tokenizer: a model directory with tokenizer.model and tokenizer_config.json", "[data][tokenizer]") {
+    TempDir d;
+    std::filesystem::copy_file(fixture_path("sentencepiece/tiny.model"), d.str("tokenizer.model"));
+    write_text(d.str("tokenizer_config.json"), R"({"eos_token": {"content": "</s>"}, "pad_token": "<unk>"})");
+    auto tok = load_tokenizer(d.str());
+    CHECK(tok->describe().find("SentencePiece") != std::string::npos);
+    CHECK(tok->eos_id() == 2);
+    CHECK(tok->pad_id() == 0);
+    CHECK(tok->id_of("<s>") == std::optional<int64_t>(1));
+    CHECK_FALSE(tok->id_of("no-such-piece").has_value());
+}
+
 TEST_CASE("tokenizer: load_tokenizer fails with the path for missing or unknown inputs", "[data][tokenizer]") {
     TempDir d;
     CHECK_THROWS_WITH(load_tokenizer(d.str("nope")), Catch::Contains("nope"));
