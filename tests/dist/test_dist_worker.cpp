@@ -54,6 +54,12 @@ std::vector<torch::Tensor> train_toy(dist::Comm & comm, bool overlap, const std:
             loss.backward();
         }
         reducer.finalize();
+        // Overlap: buckets leave during backward — on rank 0 all 5 but the dead layer's, on rank 1 only
+        // the one before its unused expert (launch order is fixed). Without overlap: none.
+        if (overlap)
+            REQUIRE(reducer.stats().launched_in_backward_last >= (comm.rank() == 0 ? 5 : 1));
+        else
+            REQUIRE(reducer.stats().launched_in_backward_last == 0);
         opt.step();
         for (auto & p : params) p.mutable_grad() = torch::Tensor();  // set_to_none, same in 1.13 and 2.x
     }
