@@ -67,6 +67,36 @@ std::vector<torch::Tensor> train_toy(dist::Comm & comm, bool overlap, const std:
     return params;
 }
 
+// Several backward() calls in one sync micro-step. Step 1: the first backward (no expert) sends the
+// l2 bucket, and l1's buckets wait behind the unused expert's; the second reaches only l1, so its second
+// gradient lands before its bucket leaves and is accepted. Step 2: a second backward through l2, whose
+// bucket already left, is refused. Writes the step-1 gradients and the step-2 error.
+void two_backward(dist::Comm & comm, const std::string & prefix) {
+    torch::manual_seed(100 + comm.rank());
+    test::ToyNet net;
+    std::vector<torch::Tensor> params = test::toy_params(net);
+    dist::GradReducer reducer(params, comm, 600, /*overlap=*/true);
+    auto [x, y] = test::toy_batch(0, 0, comm.rank());
+    reducer.prepare(true);
+    torch::mse_loss(net->forward(x, false), y).backward();
+    net->l1(x).square().mean().backward();
+    reducer.finalize();
+    std::vector<torch::Tensor> grads;
+    for (auto & p : params) grads.push_back(p.grad().defined() ? p.grad().clone() : torch::full({1}, -12345.0));
+    torch::save(grads, prefix + "_grads.pt");
+
+    reducer.prepare(true);
+    torch::Tensor loss = torch::mse_loss(net->forward(x, false), y);
+    loss.backward({}, /*retain_graph=*/true);
+    std::string error = "no error";
+    try {
+        loss.backward();
+    } catch (const std::exception & e) {
+        error = e.what();
+    }
+    std::ofstream(prefix + "_error.txt") << error;
+}
+
 // Share of step time spent blocked on all-reduce, for a few-million-parameter MLP on CPU, overlap off/on,
 // at DDP's default 25 MB buckets and at 4 MB. Also the time of one blocking all-reduce of all gradients.
 void bench(dist::Comm & comm, const std::string & out_dir) {
@@ -174,6 +204,8 @@ void run_worker() {
                                                           << total_E[1].item<int64_t>() << " " << sums[0] << " "
                                                           << sums[1] << " " << state << "\n";
         comm.barrier();
+    } else if (mode == "two_backward") {
+        two_backward(comm, out + "/two_backward" + tag);
     } else if (mode == "config_mismatch") {
         const std::string yaml = comm.rank() == 0 ? "train:\n  lr: 2e-5\n" : "train:\n  lr: 1e-3\n";
         dist::check_same_config(comm, dist::config_hash(yaml));
