@@ -44,7 +44,8 @@ enum class ReduceOp { kSum, kMax, kMin };
 class Comm;
 
 // Handle of an asynchronous collective. wait() blocks up to the Comm's timeout and rethrows failures as
-// CommError. A default-constructed Work (and any Work at world size 1) is already complete.
+// CommError. A default-constructed Work (and any Work at world size 1) is already complete. A Work must
+// not outlive the Comm that made it.
 class Work {
 public:
     Work() = default;
@@ -91,6 +92,7 @@ public:
 
     // Called by Work on failure; afterwards the process group is leaked instead of joined (see top).
     void mark_failed() { failed_ = true; }
+    bool failed() const { return failed_; }
 
 private:
     struct Impl;
