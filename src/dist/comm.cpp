@@ -97,15 +97,19 @@ struct Work::Impl {
 bool Work::completed() const { return !impl_ || !impl_->work || impl_->work->isCompleted(); }
 
 void Work::wait() {
+    if (impl_ && impl_->work) wait(impl_->comm->timeout());
+}
+
+void Work::wait(std::chrono::milliseconds timeout) {
     if (!impl_ || !impl_->work) return;
     Comm & comm = *impl_->comm;
     try {
-        impl_->work->wait(comm.timeout());
+        impl_->work->wait(timeout);
     } catch (const std::exception & e) {
         comm.mark_failed();
         throw CommError("dist: " + impl_->what + " on rank " + std::to_string(comm.rank()) + "/" +
                         std::to_string(comm.world_size()) + " (" + comm.backend() + ") failed or did not finish " +
-                        "within the timeout of " + seconds_str(comm.timeout()) + " s (dist.timeout_s): " + first_line(e) +
+                        "within the timeout of " + seconds_str(timeout) + " s (dist.timeout_s): " + first_line(e) +
                         ". Another rank has probably died or hung; check its output.");
     }
     impl_->work.reset();

@@ -10,6 +10,14 @@
 // its worker threads there and a thread stuck in a dead collective would turn a clean exit into a hang.
 //
 // World size 1 needs no process group: collectives return immediately (a single-process run pays nothing).
+//
+// Start-up in a trainer (see grad_reducer.h for the step loop):
+//     dist::Comm comm(cfg.dist, dist::read_launch_env());
+//     dist::check_same_config(comm, dist::config_hash(core::config_to_yaml(cfg)));  // global.h
+//     model->to(comm.device());   // this rank's GPU under NCCL (bind_local_device), else CPU
+//     dist::GradReducer reducer(params, comm, dist::bucket_bytes(cfg.dist), cfg.dist.overlap);
+//     ... if (comm.is_main()) write logs / checkpoints ...
+//     comm.barrier();             // before exit, so rank 0's store outlives every rank's last use
 #pragma once
 
 #include <torch/torch.h>
@@ -36,11 +44,13 @@ enum class ReduceOp { kSum, kMax, kMin };
 class Comm;
 
 // Handle of an asynchronous collective. wait() blocks up to the Comm's timeout and rethrows failures as
-// CommError. A default-constructed Work (and any Work at world size 1) is already complete.
+// CommError. A default-constructed Work (and any Work at world size 1) is already complete. A Work must
+// not outlive the Comm that made it.
 class Work {
 public:
     Work() = default;
-    void wait();
+    void wait();                                  // up to the Comm's timeout (dist.timeout_s)
+    void wait(std::chrono::milliseconds timeout);
     bool completed() const;
 
 private:
@@ -82,6 +92,7 @@ public:
 
     // Called by Work on failure; afterwards the process group is leaked instead of joined (see top).
     void mark_failed() { failed_ = true; }
+    bool failed() const { return failed_; }
 
 private:
     struct Impl;

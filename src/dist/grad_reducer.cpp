@@ -1,5 +1,9 @@
-// defines: GradReducer (see grad_reducer.h for the design)
+// defines: GradReducer, bucket_bytes (see grad_reducer.h for the design)
 #include "dist/grad_reducer.h"
+
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/utils/lambda_post_hook.h>
+#include <torch/csrc/autograd/variable.h>
 
 #include <chrono>
 #include <spdlog/spdlog.h>
@@ -12,12 +16,29 @@ double seconds_since(Clock::time_point t0) { return std::chrono::duration<double
 
 }  // namespace
 
+size_t bucket_bytes(const core::DistConfig & cfg) {
+    TORCH_CHECK(cfg.bucket_mb > 0, "dist.bucket_mb must be > 0, got ", cfg.bucket_mb);
+    return static_cast<size_t>(cfg.bucket_mb) << 20;
+}
+
+// A post-hook on a parameter's AccumulateGrad node: runs after autograd has added the step's gradient
+// into .grad (our bucket view). We hold the node: a parameter keeps only a weak reference to it, and a
+// new node (without our hook) would be made whenever no graph happens to hold the old one (as in DDP).
+struct GradReducer::HookHandle {
+    std::shared_ptr<torch::autograd::Node> accumulator;
+    uintptr_t key = 0;
+};
+
 GradReducer::GradReducer(std::vector<torch::Tensor> params, Comm & comm, size_t bucket_bytes, bool overlap)
-    : comm_(comm), overlap_(overlap) {
+    : comm_(comm), overlap_(overlap), active_(comm.world_size() > 1) {
     TORCH_CHECK(bucket_bytes > 0, "dist::GradReducer: bucket size must be > 0 bytes");
-    for (size_t i = 0; i < params.size(); ++i)
+    for (size_t i = 0; i < params.size(); ++i) {
         TORCH_CHECK(params[i].defined() && params[i].is_leaf(), "dist::GradReducer: parameter #", i,
                     " is undefined or not a leaf tensor");
+        TORCH_CHECK(!active_ || !params[i].requires_grad() || params[i].device() == comm_.device(),
+                    "dist::GradReducer: trainable parameter #", i, " is on ", params[i].device(), " but the ",
+                    comm_.backend(), " backend reduces on ", comm_.device(), "; move the model there first");
+    }
 
     // Same starting point everywhere (DDP does this in its constructor).
     comm_.broadcast_(params, 0, "initial parameter broadcast");
@@ -41,93 +62,101 @@ GradReducer::GradReducer(std::vector<torch::Tensor> params, Comm & comm, size_t 
         b.slots.push_back(static_cast<int64_t>(slots_.size()));
         slots_.push_back(s);
     }
-    for (auto & b : buckets_) {
-        const torch::Tensor & p0 = slots_[b.slots.front()].param;
-        // Reduced on the comm device (the params' own device in a normal run: GPU with NCCL, CPU with Gloo).
-        b.flat = torch::zeros({b.n_grad_elems + static_cast<int64_t>(b.slots.size())},
-                              torch::TensorOptions().dtype(p0.scalar_type()).device(comm_.device()));
-        stats_.bucket_bytes += b.flat.nbytes();
-    }
     stats_.n_params = static_cast<int64_t>(slots_.size());
     stats_.n_buckets = static_cast<int64_t>(buckets_.size());
+    if (!active_) return;  // world size 1: autograd's own .grad is already the answer
 
-    if (overlap_ && comm_.world_size() > 1) {
-        for (size_t i = 0; i < slots_.size(); ++i) {
-            torch::Tensor p = slots_[i].param;
-            // A leaf's hook sees the step's summed gradient once, before it is accumulated into .grad.
-            unsigned h = p.register_hook([this, i](const torch::Tensor & grad) { on_grad(static_cast<int64_t>(i), grad); });
-            hooks_.emplace_back(p, h);
+    for (auto & b : buckets_) {
+        const torch::Tensor & p0 = slots_[b.slots.front()].param;
+        b.flat = torch::zeros({b.n_grad_elems + static_cast<int64_t>(b.slots.size())}, p0.options().requires_grad(false));
+        stats_.bucket_bytes += b.flat.nbytes();
+        for (int64_t k : b.slots) {
+            Slot & s = slots_[k];
+            s.view = b.flat.narrow(0, s.offset, s.param.numel()).view(s.param.sizes());
         }
+    }
+    for (size_t i = 0; i < slots_.size(); ++i) {
+        auto h = std::make_unique<HookHandle>();
+        h->accumulator = torch::autograd::impl::grad_accumulator(slots_[i].param);
+        TORCH_CHECK(h->accumulator, "dist::GradReducer: no gradient accumulator for parameter slot ", i);
+        h->key = h->accumulator->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
+            [this, i](const torch::autograd::variable_list & outputs, const torch::autograd::variable_list &) {
+                on_accumulated(static_cast<int64_t>(i));
+                return outputs;
+            }));
+        hooks_.push_back(std::move(h));
     }
     spdlog::debug("dist: GradReducer {} params in {} buckets ({:.1f} MB), overlap {}", stats_.n_params,
                   stats_.n_buckets, stats_.bucket_bytes / 1e6, overlap_);
 }
 
 GradReducer::~GradReducer() {
-    for (auto & [p, h] : hooks_) {
-        try {
-            p.remove_hook(h);
-        } catch (...) {
-        }
+    // Collectives still in flight (an exception mid-step) hold their own references to the bucket
+    // buffers, so nothing waits here: a dead peer must not stall the unwinding. .grad views stay valid.
+    for (auto & h : hooks_) h->accumulator->del_post_hook(h->key);
+}
+
+// Makes .grad our bucket view again if the trainer unset or replaced it (zero_grad(set_to_none), or
+// create_graph accumulation, which builds a new tensor instead of adding in place).
+void GradReducer::claim_grad(Slot & s) {
+    torch::NoGradGuard no_grad;
+    torch::Tensor & g = s.param.mutable_grad();
+    if (!g.defined()) {
+        s.view.zero_();
+        g = s.view;
+    } else if (!g.is_same(s.view)) {
+        s.view.copy_(g);
+        g = s.view;
     }
-    // Collectives still in flight (an exception mid-step) keep their own references to the bucket
-    // buffers, so nothing here waits on them: a dead peer must not stall the unwinding.
 }
 
 void GradReducer::prepare(bool sync) {
     std::lock_guard<std::mutex> lock(mu_);
-    TORCH_CHECK(next_launch_ == 0, "dist::GradReducer: prepare() called while buckets of the previous sync step are "
-                                   "still in flight; call finalize() after the sync micro-step's backward");
-    sync_ = sync && comm_.world_size() > 1;
     prepared_ = true;
-    for (auto & s : slots_) s.ready = false;
+    if (!active_) return;
+    TORCH_CHECK(!sync_, "dist::GradReducer: prepare() after a sync micro-step without finalize(); call finalize() "
+                        "after the sync micro-step's backward");
+    const bool starting = !step_open_;
+    for (auto & s : slots_) {
+        if (starting) {
+            s.got_grad = false;
+            s.view_installed = !s.param.grad().defined();
+        }
+        claim_grad(s);
+        s.ready = false;
+    }
     for (auto & b : buckets_) {
         b.pending = static_cast<int64_t>(b.slots.size());
         b.launched = false;
     }
+    sync_ = sync;
+    step_open_ = true;
+    if (sync_) stats_.launched_in_backward_last = 0;
 }
 
-// Writes this step's total gradient of one slot (accumulated .grad + incoming) into its bucket, and the
-// slot's "had a gradient" flag. incoming == nullptr: the parameter got nothing in this backward.
-void GradReducer::fill_slot(Slot & s, const torch::Tensor * incoming) {
-    torch::NoGradGuard no_grad;
-    Bucket & b = buckets_[s.bucket];
-    torch::Tensor view = b.flat.narrow(0, s.offset, s.param.numel()).view(s.param.sizes());
-    const torch::Tensor & acc = s.param.grad();  // earlier micro-steps' sum; not yet including `incoming`
-    bool had = true;
-    if (incoming != nullptr) {
-        view.copy_(*incoming);
-        if (acc.defined()) view.add_(acc);
-    } else if (acc.defined()) {
-        view.copy_(acc);
-    } else {
-        view.zero_();
-        had = false;
-    }
-    b.flat.narrow(0, b.n_grad_elems + s.index_in_bucket, 1).fill_(had ? 1.0 : 0.0);
-    s.ready = true;
-    --b.pending;
-}
-
-void GradReducer::on_grad(int64_t slot_idx, const torch::Tensor & grad) {
+void GradReducer::on_accumulated(int64_t slot_idx) {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!sync_) return;
+    if (!step_open_) return;  // a backward outside prepare()/finalize(): nothing to track
     Slot & s = slots_[slot_idx];
-    TORCH_CHECK(grad.layout() == torch::kStrided, "dist::GradReducer: sparse gradients are not supported");
+    s.got_grad = true;
+    claim_grad(s);
+    if (!sync_) return;
+    Bucket & b = buckets_[s.bucket];
     if (s.ready) {
-        // A second gradient in one sync micro-step (several backward() calls, or checkpointing that runs
-        // a nested backward per segment): fine while its bucket is still being filled.
-        Bucket & b = buckets_[s.bucket];
-        TORCH_CHECK(!b.launched, "dist::GradReducer: parameter #", slot_idx, " (", s.param.sizes(),
+        // A further gradient in the sync micro-step: already in the bucket, unless it is on the wire.
+        TORCH_CHECK(!b.launched, "dist::GradReducer: parameter slot ", slot_idx, " (", s.param.sizes(),
                     ") got another gradient after its bucket was already all-reduced; in the sync micro-step "
-                    "every parameter must receive its gradient in one backward, or use prepare(false) for the "
-                    "earlier backward calls");
-        torch::NoGradGuard no_grad;
-        b.flat.narrow(0, s.offset, s.param.numel()).view(s.param.sizes()).add_(grad);
+                    "each parameter must get its whole gradient before its bucket fills, so run earlier "
+                    "backward() calls under prepare(false)");
         return;
     }
-    fill_slot(s, &grad);
-    launch_ready_in_order();
+    s.ready = true;
+    --b.pending;
+    if (overlap_) {
+        const int64_t before = next_launch_;
+        launch_ready_in_order();
+        stats_.launched_in_backward_last += next_launch_ - before;
+    }
 }
 
 void GradReducer::launch_ready_in_order() {
@@ -137,6 +166,13 @@ void GradReducer::launch_ready_in_order() {
 
 void GradReducer::launch(int64_t b) {
     Bucket & bk = buckets_[b];
+    // The "had a gradient" counts travel in the same all-reduce as the gradients.
+    std::vector<double> had;
+    for (int64_t k : bk.slots) had.push_back(slots_[k].got_grad ? 1.0 : 0.0);
+    {
+        torch::NoGradGuard no_grad;
+        bk.flat.narrow(0, bk.n_grad_elems, static_cast<int64_t>(had.size())).copy_(torch::tensor(had, torch::kDouble));
+    }
     bk.work = comm_.all_reduce_(bk.flat, ReduceOp::kSum, "gradient all-reduce of bucket " + std::to_string(b) + "/" +
                                                              std::to_string(buckets_.size()));
     bk.launched = true;
@@ -147,11 +183,15 @@ void GradReducer::finalize() {
     std::lock_guard<std::mutex> lock(mu_);
     TORCH_CHECK(prepared_, "dist::GradReducer: finalize() without prepare(); call prepare(sync) before backward");
     prepared_ = false;
-    if (!sync_) return;  // non-final micro-step, or world size 1: .grad already is the answer
+    if (!active_ || !sync_) return;  // world size 1, or a non-final micro-step: nothing to reduce
 
-    // Whatever backward did not reach (unused parameters, or everything when overlap is off).
-    for (auto & s : slots_)
-        if (!s.ready) fill_slot(s, nullptr);
+    // What backward did not reach (unused here, or everything when overlap is off) goes as it stands:
+    // the earlier micro-steps' sum, or zeros.
+    for (auto & s : slots_) {
+        if (s.ready) continue;
+        s.ready = true;
+        --buckets_[s.bucket].pending;
+    }
     launch_ready_in_order();
 
     const auto t_wait = Clock::now();
@@ -163,24 +203,18 @@ void GradReducer::finalize() {
     for (auto & b : buckets_) {
         // One host read per bucket (not per parameter) for the "had a gradient" counts.
         const torch::Tensor had = b.flat.narrow(0, b.n_grad_elems, static_cast<int64_t>(b.slots.size()))
-                                      .to(torch::kCPU, torch::kDouble);
+                                      .to(torch::kCPU, torch::kDouble, /*non_blocking=*/false, /*copy=*/true);
         const double * had_p = had.data_ptr<double>();
-        torch::Tensor grads = b.flat.narrow(0, 0, b.n_grad_elems);
-        grads.div_(world);
+        b.flat.narrow(0, 0, b.n_grad_elems).div_(world);  // .grad views now hold the average
         for (int64_t k : b.slots) {
             Slot & s = slots_[k];
-            // Globally unused: leave .grad undefined (optimizers then skip it, as in a single-process run).
-            if (had_p[s.index_in_bucket] == 0.0) continue;
-            torch::Tensor avg = grads.narrow(0, s.offset, s.param.numel()).view(s.param.sizes());
-            torch::Tensor & g = s.param.mutable_grad();
-            if (g.defined())
-                g.copy_(avg);
-            else
-                g = avg.to(s.param.device(), /*non_blocking=*/false, /*copy=*/true);
+            // No rank had a gradient and .grad was unset at the start: unset again, as one process would.
+            if (had_p[s.index_in_bucket] == 0.0 && s.view_installed) s.param.mutable_grad() = torch::Tensor();
         }
     }
     next_launch_ = 0;
     sync_ = false;
+    step_open_ = false;
     stats_.steps += 1;
     stats_.wait_s_total += stats_.wait_s_last;
     stats_.finalize_s_last = seconds_since(t_start);

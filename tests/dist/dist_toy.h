@@ -17,10 +17,12 @@ struct ToyNetImpl : torch::nn::Module {
     torch::Tensor scale;  // frozen: broadcast but never reduced
 
     ToyNetImpl() {
+        // Registered first so that its bucket comes last (buckets run in reverse order): an unused
+        // parameter holds back the buckets after it, and the test wants some launched during backward.
+        dead = register_module("dead", torch::nn::Linear(4, 4));        // never used by anyone
         l1 = register_module("l1", torch::nn::Linear(8, 16));
         expert = register_module("expert", torch::nn::Linear(16, 16));  // skipped by some micro-batches
         l2 = register_module("l2", torch::nn::Linear(16, 4));
-        dead = register_module("dead", torch::nn::Linear(4, 4));        // never used by anyone
         scale = register_parameter("scale", torch::full({4}, 1.5), /*requires_grad=*/false);
         to(torch::kDouble);
     }
