@@ -6,6 +6,9 @@
 // optionally attention_mask [B, T] (1 = real, right padding) and labels [B, T] (-100 = ignore);
 // they write logits, hidden_states.{i}, last_hidden_state, loss (with labels), grad.PARAM (with
 // --grad; needs labels), and with --generate: greedy_ids, greedy_attention_mask, cached_step_logits.
+// Vision towers (model_type clip, clip_vision_model, siglip, siglip_vision_model) read pixel_values
+// [B, 3, H, W] (already normalised) and write hidden_states.{i}, hidden_states_minus2,
+// last_hidden_state and, with --grad, grad.PARAM = d sum(hidden_states[-2]) / d PARAM.
 //
 // main() only parses and dispatches: one run_* function per mode. A new model family adds a
 // run_* function and a branch in dispatch(); a mode without --model (e.g. a GMM router) adds its
@@ -14,6 +17,7 @@
 #include "io/safetensors.h"
 #include "model/decoder.h"
 #include "model/generate.h"
+#include "model/vision_tower.h"
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -128,13 +132,32 @@ int run_causal_lm(const ForwardArgs & a) {
 }
 
 // ------------------------------------------------------------------------------------------
+int run_vision_tower(const ForwardArgs & a) {
+    if (a.generate > 0) fail("--generate is for language models; " + a.model_dir + " is a vision tower");
+    model::VisionTower tower = model::build_vision_tower(a.model_dir, parse_dtype(a.dtype));
+    const io::TensorMap in = io::load_safetensors(a.inputs);
+    const torch::Tensor & px = input(in, "pixel_values", a.inputs);
+    if (px.dim() != 4 || !px.is_floating_point())
+        fail(a.inputs + ": pixel_values must be a floating-point [B, C, H, W] tensor, got " + c10::str(px.sizes()));
+    io::TensorMap out;
+    for (auto & [name, t] : model::vision_forward_dump(tower, px, a.grads)) out[name] = t.detach().to(torch::kFloat32);
+    save_atomic(a.out, out);
+    std::fprintf(stderr, "idamoe-forward: %s vision tower: wrote %zu tensors to %s\n", tower->config().arch_name(),
+                 out.size(), a.out.c_str());
+    return 0;
+}
+
+// ------------------------------------------------------------------------------------------
 int dispatch(const ForwardArgs & a) {
     if (a.model_dir.empty()) fail("--model DIR is required");
     if (a.inputs.empty() || a.out.empty()) fail("--inputs and --out are required");
     const std::string type = model_type_of(a.model_dir);
     if (type == "qwen2" || type == "stablelm" || type == "stablelm_epoch") return run_causal_lm(a);
+    if (type == "clip" || type == "clip_vision_model" || type == "siglip" || type == "siglip_vision_model")
+        return run_vision_tower(a);
     fail((std::filesystem::path(a.model_dir) / "config.json").string() + ": model_type '" + type +
-         "' is not supported by idamoe-forward (language models: qwen2, stablelm, stablelm_epoch)");
+         "' is not supported by idamoe-forward (language models: qwen2, stablelm, stablelm_epoch; vision towers: "
+         "clip, clip_vision_model, siglip, siglip_vision_model)");
 }
 
 }  // namespace
@@ -146,7 +169,8 @@ int main(int argc, char ** argv) {
     app.add_option("--model", a.model_dir, "Hugging Face model directory (config.json + weights)")->check(CLI::ExistingDirectory);
     app.add_option("--inputs", a.inputs, "Input tensors (safetensors)")->check(CLI::ExistingFile);
     app.add_option("--out", a.out, "Where to write the outputs (safetensors)");
-    app.add_option("--grad", a.grads, "Also write grad.NAME = d loss / d parameter NAME (repeatable; needs labels)");
+    app.add_option("--grad", a.grads, "Also write grad.NAME = d loss / d parameter NAME (repeatable; LMs need labels; "
+                                      "vision towers: d sum(hidden_states[-2]) / d NAME)");
     app.add_option("--generate", a.generate, "Greedy-decode N tokens with the KV cache")->check(CLI::NonNegativeNumber);
     app.add_option("--dtype", a.dtype, "Compute dtype")->check(CLI::IsMember({"float32", "bfloat16", "float16"}));
     try {
