@@ -186,6 +186,15 @@ TEST_CASE("llava: forward = decoder on spliced embeddings; loss ignores image po
     CHECK(m->projector()->fc0->weight.grad().defined());
     CHECK(m->projector()->fc0->weight.grad().abs().sum().item<double>() > 0);
     for (const auto & p : m->vision_tower()->parameters()) CHECK_FALSE(p.grad().defined());
+
+    // A text-only batch still gives the projector a (zero) gradient, so all ranks reduce the same set.
+    m->zero_grad();
+    torch::Tensor text_ids = b.ids.masked_fill(b.ids == IMG, 3);
+    m->forward(text_ids, b.mask, {}, text_ids).loss.backward();
+    for (const auto & p : m->projector()->parameters()) {
+        REQUIRE(p.grad().defined());
+        CHECK(p.grad().abs().max().item<double>() == 0.0);
+    }
 }
 
 TEST_CASE("llava: placeholder/image count and width mismatches are clear errors", "[llava]") {
@@ -207,7 +216,13 @@ TEST_CASE("llava: placeholder/image count and width mismatches are clear errors"
 
     model::LlavaModel text_only = model::build_llava(tiny_options(""));
     CHECK(text_only->num_image_tokens() == 0);
+    CHECK(text_only->named_parameters().size() == text_only->llm()->named_parameters().size());
     CHECK_THROWS_WITH(text_only->prepare_embeds(b.ids, b.images), Catch::Contains("text-only"));
+    // Without images the model is exactly the decoder.
+    torch::Tensor text_ids = b.ids.masked_fill(b.ids == IMG, 3);
+    CHECK(max_abs_diff(text_only->forward(text_ids, b.mask, {}).logits_BTV,
+                       text_only->llm()->forward(text_ids, b.mask).logits_BTV) == 0.0);
+    CHECK(max_abs_diff(m->forward(text_ids, b.mask, {}).logits_BTV, m->llm()->forward(text_ids, b.mask).logits_BTV) == 0.0);
 
     // A projector made for another width: the error names both config files.
     model::ProjectorConfig pc;
