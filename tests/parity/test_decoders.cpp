@@ -458,3 +458,17 @@ TEST_CASE("idamoe-forward: end to end on the LM fixtures", "[parity][decoder][cl
         CHECK_THAT(e4, Catch::Contains("token ids must be in [0, 512)"));
     }
 }
+
+TEST_CASE("decoders: the pad_token_id embedding row gets no gradient (HF padding_idx)", "[parity][decoder]") {
+    auto f = load_fixture("stablelm");  // config pad_token_id 0, untied
+    REQUIRE(f.lm->config().pad_token_id == 0);
+    auto ids = f.in.at("input_ids").clone();
+    ids[0][3] = 0;
+    ids[0][5] = 0;
+    f.lm->train();
+    auto o = f.lm->forward(ids, torch::Tensor());
+    model::causal_lm_loss(o.logits_BTV, ids).backward();
+    const auto g = f.lm->model->embed_tokens->weight.grad();
+    CHECK(g[0].abs().max().item<double>() == 0.0);
+    CHECK(g[ids[0][4].item<int64_t>()].abs().max().item<double>() > 0.0);
+}
