@@ -61,7 +61,7 @@ LlavaModelImpl::LlavaModelImpl(CausalLM llm, VisionTower vision, Projector proje
         projector_ = inner->register_module("mm_projector", projector);
         vision_->eval();
         for (auto & p : vision_->parameters()) p.set_requires_grad(false);
-        num_image_tokens();  // validates select_layer / select_feature now rather than mid-training
+        num_image_tokens();  // validates select_feature now rather than mid-training
         TORCH_CHECK(select_layer_ >= -(vision_->config().n_layer + 1) && select_layer_ <= vision_->config().n_layer,
                     "LlavaModel: select_layer ", select_layer_, " out of range for ", vision_->config().n_layer,
                     " vision layers (", vision_->config().source, ")");

@@ -224,6 +224,12 @@ TEST_CASE("llava: placeholder/image count and width mismatches are clear errors"
                        text_only->llm()->forward(text_ids, b.mask).logits_BTV) == 0.0);
     CHECK(max_abs_diff(m->forward(text_ids, b.mask, {}).logits_BTV, m->llm()->forward(text_ids, b.mask).logits_BTV) == 0.0);
 
+    // select_layer / select_feature are checked when the model is put together, not mid-training.
+    CHECK_THROWS_WITH(model::LlavaModel(m->llm(), m->vision_tower(), m->projector(), -4, "patch"),
+                      Catch::Contains("select_layer -4 out of range"));
+    CHECK_THROWS_WITH(model::LlavaModel(m->llm(), m->vision_tower(), m->projector(), -2, "cls"),
+                      Catch::Contains("select_feature"));
+
     // A projector made for another width: the error names both config files.
     model::ProjectorConfig pc;
     pc.d_vision = 32;
