@@ -1,4 +1,5 @@
-// defines: byte_level_alphabet, split_special, Pretokenizer, BpeModel, train_bpe, bpe_to_hf_json
+// defines: byte_level_alphabet, split_special, Pretokenizer, BpeModel, BpeEncoder, train_bpe,
+//          bpe_to_hf_json, bpe_from_hf_json
 //
 // A Qwen2-format byte-level BPE trainer for the demo's tiny vocabulary. Format and pre-tokenizer
 // follow Qwen2's tokenizer.json (tests/fixtures/README.shared.md §2): the Qwen regex split, GPT-2's
@@ -11,8 +12,10 @@
 #include <nlohmann/json.hpp>
 
 #include <pcre2.h>
+#include <utf8proc.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -114,36 +117,82 @@ struct BpeModel {
         return static_cast<int64_t>(id_to_token.size() + (it - specials.begin()));
     }
 
-    // Encodes like HF's BPE model: specials first, then the regex split, then merges by rank.
-    std::vector<int64_t> encode(const std::string & text, const Pretokenizer & pre) const {
-        std::map<std::string, int64_t> vocab;
-        for (size_t i = 0; i < id_to_token.size(); ++i) vocab.emplace(id_to_token[i], static_cast<int64_t>(i));
-        std::map<std::pair<std::string, std::string>, size_t> rank;
-        for (size_t i = 0; i < merges.size(); ++i) rank.emplace(merges[i], i);
-        std::vector<std::string> byte_sym(256);
-        for (const auto & [b, s] : byte_level_alphabet()) byte_sym[static_cast<size_t>(b)] = s;
+};
+
+// Encodes like HF's BPE model: special tokens are split out first, the rest is NFC-normalised,
+// split by the Qwen2 regex, mapped to the byte-level alphabet, and merged lowest rank first.
+class BpeEncoder {
+public:
+    explicit BpeEncoder(const BpeModel & m) : m_(m) {
+        for (size_t i = 0; i < m.id_to_token.size(); ++i) vocab_.emplace(m.id_to_token[i], static_cast<int64_t>(i));
+        for (size_t i = 0; i < m.merges.size(); ++i) rank_.emplace(m.merges[i], i);
+        for (const auto & [b, s] : byte_level_alphabet()) byte_sym_[static_cast<size_t>(b)] = s;
+    }
+    std::vector<int64_t> encode(const std::string & text) const {
         std::vector<int64_t> ids;
-        for (const auto & [piece, special] : split_special(text, specials)) {
-            if (special) { ids.push_back(special_id(piece)); continue; }
-            for (const auto & word : pre.split(piece)) {
+        for (const auto & [piece, special] : split_special(text, m_.specials)) {
+            if (special) { ids.push_back(m_.special_id(piece)); continue; }
+            for (const auto & word : pre_.split(nfc(piece))) {
                 std::vector<std::string> sym;
-                for (unsigned char c : word) sym.push_back(byte_sym[c]);
+                for (unsigned char c : word) sym.push_back(byte_sym_[c]);
                 while (sym.size() > 1) {
                     size_t best = SIZE_MAX, at = 0;
                     for (size_t i = 0; i + 1 < sym.size(); ++i) {
-                        auto it = rank.find({sym[i], sym[i + 1]});
-                        if (it != rank.end() && it->second < best) { best = it->second; at = i; }
+                        auto it = rank_.find({sym[i], sym[i + 1]});
+                        if (it != rank_.end() && it->second < best) { best = it->second; at = i; }
                     }
                     if (best == SIZE_MAX) break;
                     sym[at] += sym[at + 1];
                     sym.erase(sym.begin() + static_cast<std::ptrdiff_t>(at) + 1);
                 }
-                for (const auto & s : sym) ids.push_back(vocab.at(s));
+                for (const auto & s : sym) {
+                    auto it = vocab_.find(s);
+                    if (it == vocab_.end()) throw std::runtime_error("BPE: merged symbol '" + s + "' is not in the vocabulary");
+                    ids.push_back(it->second);
+                }
             }
         }
         return ids;
     }
+
+private:
+    static std::string nfc(const std::string & s) {
+        utf8proc_uint8_t * out = utf8proc_NFC(reinterpret_cast<const utf8proc_uint8_t *>(s.c_str()));
+        if (!out) return s;  // invalid UTF-8: leave as is (byte-level BPE still encodes it)
+        std::string r(reinterpret_cast<char *>(out));
+        std::free(out);
+        return r;
+    }
+    const BpeModel & m_;
+    Pretokenizer pre_;
+    std::map<std::string, int64_t> vocab_;
+    std::map<std::pair<std::string, std::string>, size_t> rank_;
+    std::vector<std::string> byte_sym_ = std::vector<std::string>(256);
 };
+
+// A BpeModel from a Qwen2-format tokenizer.json (ids of model.vocab must be 0..N-1, specials after).
+inline BpeModel bpe_from_hf_json(const nlohmann::json & j) {
+    BpeModel m;
+    const auto & vocab = j.at("model").at("vocab");
+    m.id_to_token.resize(vocab.size());
+    for (const auto & [tok, id] : vocab.items()) {
+        const size_t i = id.get<size_t>();
+        if (i >= m.id_to_token.size()) throw std::runtime_error("tokenizer.json: vocab id " + std::to_string(i) + " out of range");
+        m.id_to_token[i] = tok;
+    }
+    for (const auto & mg : j.at("model").at("merges")) {
+        const std::string s = mg.get<std::string>();
+        const size_t sp = s.find(' ');
+        if (sp == std::string::npos) throw std::runtime_error("tokenizer.json: merge '" + s + "' is not 'a b'");
+        m.merges.emplace_back(s.substr(0, sp), s.substr(sp + 1));
+    }
+    for (const auto & t : j.at("added_tokens")) {
+        if (t.at("id").get<size_t>() != m.id_to_token.size() + m.specials.size())
+            throw std::runtime_error("tokenizer.json: added tokens must follow the vocabulary contiguously");
+        m.specials.push_back(t.at("content").get<std::string>());
+    }
+    return m;
+}
 
 // Trains merges on `texts` until the vocabulary (alphabet + merges + specials) has `vocab_size`
 // entries or no pair occurs twice. Ties go to the lexicographically smallest pair: deterministic.

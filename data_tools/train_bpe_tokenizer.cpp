@@ -40,10 +40,10 @@ int main(int argc, char ** argv) {
         if (!o) throw std::runtime_error(out + ": cannot write");
 
         // Report what the model will see: tokens per training text.
-        idamoe::demo::Pretokenizer pre;
+        idamoe::demo::BpeEncoder enc(model);
         size_t total = 0, longest = 0;
         for (const auto & t : texts) {
-            size_t n = model.encode(t, pre).size();
+            size_t n = enc.encode(t).size();
             total += n;
             longest = std::max(longest, n);
         }

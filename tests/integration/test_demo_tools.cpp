@@ -1,0 +1,245 @@
+// Tests of the built-in demo's tools (data_tools/): the shapes data generator, the BPE tokenizer
+// trainer and the tiny-model maker. They run the real binaries from the build folder.
+#include "test_utils.h"
+
+#include "../../data_tools/bpe_tokenizer.h"
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#define STB_IMAGE_STATIC
+#define STB_IMAGE_IMPLEMENTATION
+#include <stb/stb_image.h>
+
+#include <array>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+namespace fs = std::filesystem;
+using idamoe::test::binary_path;
+using idamoe::test::fixture_path;
+using idamoe::test::TempDir;
+using json = nlohmann::json;
+
+namespace {
+
+std::string slurp(const fs::path & p) {
+    std::ifstream in(p, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+int run(const std::string & cmd) {
+    INFO("command: " << cmd);
+    return std::system((cmd + " > /dev/null").c_str());
+}
+
+// Small but complete: every question type occurs with this seed.
+std::string gen_cmd(const std::string & out, int seed) {
+    return binary_path("gen-shapes-dataset") + " --out " + out + " --seed " + std::to_string(seed) +
+           " --n-caption 12 --n-instruct 40 --n-text 8 --n-eval 24 --image-size 56";
+}
+
+// Relative path -> bytes, for every file under dir.
+std::map<std::string, std::string> tree(const fs::path & dir) {
+    std::map<std::string, std::string> out;
+    for (const auto & e : fs::recursive_directory_iterator(dir))
+        if (e.is_regular_file()) out[fs::relative(e.path(), dir).string()] = slurp(e.path());
+    return out;
+}
+
+const std::set<std::string> kColourWords = {"red", "green", "blue", "yellow", "purple", "orange"};
+const std::set<std::string> kShapeWords = {"circle", "square", "triangle", "cross"};
+
+}  // namespace
+
+TEST_CASE("gen-shapes-dataset is deterministic by seed", "[demo]") {
+    TempDir a, b, c;
+    REQUIRE(run(gen_cmd(a.str("d"), 7)) == 0);
+    REQUIRE(run(gen_cmd(b.str("d"), 7)) == 0);
+    REQUIRE(run(gen_cmd(c.str("d"), 8)) == 0);
+    auto ta = tree(a.str("d")), tb = tree(b.str("d")), tc = tree(c.str("d"));
+    // 12 + 40 + 24 images and 6 other files.
+    CHECK(ta.size() == 12 + 40 + 24 + 6);
+    REQUIRE(ta.size() == tb.size());
+    size_t same = 0;
+    for (const auto & [k, v] : ta) {
+        INFO("file " << k);
+        REQUIRE(tb.count(k) == 1);
+        CHECK(tb[k] == v);
+        same += tb[k] == v;
+    }
+    CHECK(same == ta.size());
+    // Another seed changes the images and the text.
+    CHECK(tc.at("images/eval/000000.png") != ta.at("images/eval/000000.png"));
+    CHECK(tc.at("instruct_image.json") != ta.at("instruct_image.json"));
+}
+
+TEST_CASE("gen-shapes-dataset writes valid LLaVA data with every promised question type", "[demo]") {
+    TempDir t;
+    const fs::path d = t.str("d");
+    REQUIRE(run(gen_cmd(d.string(), 3)) == 0);
+
+    SECTION("stage-1 captions: human '<image>', gpt caption (plain template)") {
+        json caps = json::parse(slurp(d / "captions.json"));
+        REQUIRE(caps.is_array());
+        REQUIRE(caps.size() == 12);
+        for (const auto & r : caps) {
+            REQUIRE(fs::exists(d / "images" / r.at("image").get<std::string>()));
+            const auto & c = r.at("conversations");
+            REQUIRE(c.size() == 2);
+            CHECK(c[0].at("from") == "human");
+            CHECK(c[0].at("value") == "<image>");
+            CHECK(c[1].at("from") == "gpt");
+            const std::string cap = c[1].at("value");
+            CHECK(cap.size() > 10);
+            CHECK(cap.back() == '.');
+        }
+    }
+
+    SECTION("stage-2/3 image instructions: alternating turns, <image> once, single-word answers") {
+        json recs = json::parse(slurp(d / "instruct_image.json"));
+        REQUIRE(recs.size() == 40);
+        std::map<std::string, int> types;
+        for (const auto & r : recs) {
+            REQUIRE(fs::exists(d / "images" / r.at("image").get<std::string>()));
+            const auto & c = r.at("conversations");
+            REQUIRE(c.size() >= 2);
+            REQUIRE(c.size() % 2 == 0);
+            for (size_t i = 0; i < c.size(); ++i) {
+                const std::string v = c[i].at("value");
+                CHECK(c[i].at("from") == (i % 2 == 0 ? "human" : "gpt"));
+                if (i % 2 == 1) {
+                    CHECK(v.find(' ') == std::string::npos);
+                    continue;
+                }
+                CHECK((v.rfind("<image>\n", 0) == 0) == (i == 0));
+                CHECK(v.find("<image>", i == 0 ? 1 : 0) == std::string::npos);
+                CHECK(v.find("\nAnswer the question using a single word or phrase.") != std::string::npos);
+                const std::string ans = c[i + 1].at("value");
+                if (v.find("What colour is the") != std::string::npos) { ++types["colour"]; CHECK(kColourWords.count(ans)); }
+                else if (v.find("What shape is the") != std::string::npos) { ++types["shape"]; CHECK(kShapeWords.count(ans)); }
+                else if (v.find("How many") != std::string::npos) { ++types["count"]; CHECK((ans.size() == 1 && ans[0] >= '0' && ans[0] <= '3')); }
+                else if (v.find("Is there") != std::string::npos) { ++types["presence"]; CHECK((ans == "yes" || ans == "no")); }
+                else if (v.find("on the left or on the right") != std::string::npos) { ++types["position"]; CHECK((ans == "left" || ans == "right")); }
+                else if (v.find("Which shape is the largest") != std::string::npos) { ++types["largest"]; CHECK(kShapeWords.count(ans)); }
+                else FAIL("unexpected question: " << v);
+            }
+        }
+        for (const char * k : {"colour", "shape", "count", "presence", "position", "largest"}) {
+            INFO("question type " << k);
+            CHECK(types[k] > 0);
+        }
+        json text = json::parse(slurp(d / "instruct_text.json"));
+        REQUIRE(text.size() == 8);
+        for (const auto & r : text) {
+            CHECK_FALSE(r.contains("image"));
+            CHECK(r.at("conversations").size() == 2);
+            CHECK(r.at("conversations")[0].at("value").get<std::string>().find("<image>") == std::string::npos);
+        }
+    }
+
+    SECTION("eval split: LLaVA question JSONL with answers; PNGs decode; colour answers match the pixels") {
+        std::ifstream in(d / "eval_questions.jsonl");
+        std::map<std::string, int> cats;
+        int lines = 0, colour_checked = 0;
+        for (std::string line; std::getline(in, line); ++lines) {
+            json q = json::parse(line);
+            CHECK(q.at("question_id") == lines);
+            const std::string cat = q.at("category"), ans = q.at("answer"), text = q.at("text");
+            ++cats[cat];
+            CHECK(text.find("<image>") == std::string::npos);  // the eval runner adds it, as LLaVA's does
+            int w = 0, h = 0, n = 0;
+            const std::string img = (d / "images" / q.at("image").get<std::string>()).string();
+            unsigned char * px = stbi_load(img.c_str(), &w, &h, &n, 3);
+            REQUIRE(px != nullptr);
+            CHECK(w == 56);
+            CHECK(h == 56);
+            CHECK(n == 3);
+            if (cat == "colour") {
+                // The named colour must cover a visible area: >= 10 pixels within 24 of its RGB.
+                static const std::map<std::string, std::array<int, 3>> rgb = {
+                    {"red", {220, 40, 40}}, {"green", {40, 170, 60}}, {"blue", {40, 80, 225}},
+                    {"yellow", {240, 210, 40}}, {"purple", {145, 55, 185}}, {"orange", {245, 135, 25}}};
+                REQUIRE(rgb.count(ans));
+                int hits = 0;
+                for (int i = 0; i < w * h; ++i) {
+                    bool near = true;
+                    for (int k = 0; k < 3; ++k) near = near && std::abs(px[i * 3 + k] - rgb.at(ans)[k]) <= 24;
+                    hits += near;
+                }
+                INFO("image " << img << " answer " << ans);
+                CHECK(hits >= 10);
+                ++colour_checked;
+            }
+            stbi_image_free(px);
+            if (cat == "colour") CHECK(kColourWords.count(ans));
+            else if (cat == "shape" || cat == "largest") CHECK(kShapeWords.count(ans));
+            else if (cat == "count") CHECK((ans == "0" || ans == "1" || ans == "2" || ans == "3"));
+            else if (cat == "presence") CHECK((ans == "yes" || ans == "no"));
+            else if (cat == "position") CHECK((ans == "left" || ans == "right"));
+            else FAIL("unknown category " << cat);
+        }
+        CHECK(lines == 24);
+        CHECK(colour_checked == 4);
+        CHECK(cats.size() == 6);
+        for (const auto & [k, v] : cats) CHECK(v == 4);
+    }
+}
+
+TEST_CASE("BPE encoder reproduces Hugging Face's ids on the Qwen2 fixture tokenizer", "[demo]") {
+    auto model = idamoe::demo::bpe_from_hf_json(json::parse(slurp(fixture_path("tokenizer/qwen2/tokenizer.json"))));
+    REQUIRE(model.size() == 151646);
+    idamoe::demo::BpeEncoder enc(model);
+    std::ifstream corpus(fixture_path("tokenizer/corpus.jsonl")), ids(fixture_path("tokenizer/expected_ids.jsonl"));
+    int lines = 0, exact = 0;
+    for (std::string c, e; std::getline(corpus, c) && std::getline(ids, e); ++lines) {
+        const std::string text = json::parse(c);
+        const auto expected = json::parse(e).get<std::vector<int64_t>>();
+        const auto got = enc.encode(text);
+        INFO("corpus line " << lines + 1 << ": " << text);
+        CHECK(got == expected);
+        exact += got == expected;
+    }
+    CHECK(lines == 62);
+    WARN("BPE encoder: " << exact << "/" << lines << " fixture lines exact");
+}
+
+TEST_CASE("train-bpe-tokenizer: Qwen2-format tokenizer.json, answers are single tokens", "[demo]") {
+    TempDir t;
+    REQUIRE(run(gen_cmd(t.str("d"), 5)) == 0);
+    REQUIRE(run(binary_path("train-bpe-tokenizer") + " --corpus " + t.str("d/corpus.txt") + " --vocab-size 512 --out " + t.str("tok.json")) == 0);
+    json j = json::parse(slurp(t.str("tok.json")));
+    auto model = idamoe::demo::bpe_from_hf_json(j);
+    CHECK(model.size() == 512);  // the demo's size; even this small corpus has enough repeated pairs
+    CHECK(j.at("model").at("type") == "BPE");
+    CHECK(j.at("pre_tokenizer").at("pretokenizers")[0].at("pattern").at("Regex") == idamoe::demo::kQwen2Pattern);
+    REQUIRE(j.at("added_tokens").size() == 4);
+    CHECK(j.at("added_tokens")[0].at("content") == "<|endoftext|>");
+    CHECK(j.at("added_tokens")[3].at("content") == "<|extra_0|>");
+    // Ids 0..255 are the byte alphabet in Qwen2's order ('!' = 0, '0' = 15).
+    CHECK(j.at("model").at("vocab").at("!") == 0);
+    CHECK(j.at("model").at("vocab").at("0") == 15);
+
+    idamoe::demo::BpeEncoder enc(model);
+    for (const auto & words : {kColourWords, kShapeWords, std::set<std::string>{"yes", "no", "left", "right"}}) {
+        for (const auto & w : words) {
+            INFO("answer '" << w << "'");
+            CHECK(enc.encode(" " + w).size() == 1);
+        }
+    }
+    // MoE-LLaVA's masking arithmetic (protocol §2.2): "... ASSISTANT: " alone is one token longer
+    // than its span inside "... ASSISTANT: <answer>", because the space joins the answer's first token.
+    const std::string prefix = "USER: What colour is the circle? ASSISTANT: ";
+    for (const std::string ans : {"red", "triangle", "yes"}) {
+        INFO("answer " << ans);
+        CHECK(enc.encode(prefix + ans).size() == enc.encode(prefix).size() - 1 + enc.encode(" " + ans).size());
+    }
+    const auto eot = enc.encode("red<|endoftext|>");
+    CHECK(eot.back() == model.special_id("<|endoftext|>"));
+}
