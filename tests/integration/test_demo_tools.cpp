@@ -2,6 +2,9 @@
 // trainer and the tiny-model maker. They run the real binaries from the build folder.
 #include "test_utils.h"
 
+#include "io/hf_loader.h"
+#include "io/safetensors.h"
+
 #include "../../data_tools/bpe_tokenizer.h"
 
 #include <catch2/catch.hpp>
@@ -12,6 +15,7 @@
 #include <stb/stb_image.h>
 
 #include <array>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -242,4 +246,91 @@ TEST_CASE("train-bpe-tokenizer: Qwen2-format tokenizer.json, answers are single 
     }
     const auto eot = enc.encode("red<|endoftext|>");
     CHECK(eot.back() == model.special_id("<|endoftext|>"));
+}
+
+TEST_CASE("make-tiny-models: HF directories that load back, seeded", "[demo]") {
+    TempDir t;
+    REQUIRE(run(gen_cmd(t.str("d"), 5)) == 0);
+    REQUIRE(run(binary_path("train-bpe-tokenizer") + " --corpus " + t.str("d/corpus.txt") + " --vocab-size 512 --out " + t.str("tok.json")) == 0);
+    const std::string make = binary_path("make-tiny-models") + " --tokenizer " + t.str("tok.json");
+    REQUIRE(run(make + " --seed 3 --out " + t.str("m")) == 0);
+    REQUIRE(run(make + " --seed 3 --out " + t.str("m_again")) == 0);
+    REQUIRE(run(make + " --seed 4 --out " + t.str("m_other")) == 0);
+    const fs::path m = t.str("m");
+
+    SECTION("same seed, same bytes; another seed, other weights") {
+        for (const char * f : {"tiny-qwen2/model.safetensors", "tiny-clip/model.safetensors", "tiny-qwen2/config.json"}) {
+            INFO(f);
+            CHECK(slurp(m / f) == slurp(fs::path(t.str("m_again")) / f));
+        }
+        CHECK(slurp(m / "tiny-qwen2/model.safetensors") != slurp(fs::path(t.str("m_other")) / "tiny-qwen2/model.safetensors"));
+        CHECK(slurp(m / "tiny-qwen2/config.json") == slurp(fs::path(t.str("m_other")) / "tiny-qwen2/config.json"));
+    }
+
+    SECTION("tiny-qwen2: config matches the tokenizer; strict load; a forward gives finite logits") {
+        json cfg = json::parse(slurp(m / "tiny-qwen2/config.json"));
+        auto tok = idamoe::demo::bpe_from_hf_json(json::parse(slurp(m / "tiny-qwen2/tokenizer.json")));
+        CHECK(cfg.at("model_type") == "qwen2");
+        CHECK(cfg.at("vocab_size") == tok.size());
+        CHECK(cfg.at("tie_word_embeddings") == true);
+        CHECK(cfg.at("hidden_size") == 128);
+        CHECK(cfg.at("num_hidden_layers") == 4);
+        CHECK(cfg.at("num_attention_heads") == 4);
+        CHECK(cfg.at("num_key_value_heads") == 2);
+        CHECK(cfg.at("eos_token_id") == tok.special_id("<|endoftext|>"));
+        CHECK(cfg.at("pad_token_id") == tok.special_id("<|extra_0|>"));
+        json tc = json::parse(slurp(m / "tiny-qwen2/tokenizer_config.json"));
+        CHECK(tc.at("eos_token") == "<|endoftext|>");
+        CHECK(tc.at("pad_token") == "<|extra_0|>");
+        CHECK(json::parse(slurp(m / "tiny-qwen2/generation_config.json")).at("eos_token_id") == tok.special_id("<|endoftext|>"));
+
+        idamoe::io::SafetensorsFile st((m / "tiny-qwen2/model.safetensors").string());
+        CHECK_FALSE(st.contains("lm_head.weight"));  // tied, as HF writes it
+        for (const auto & info : st.tensors()) CHECK(info.dtype == "F32");
+        CHECK(st.get("model.embed_tokens.weight").sizes() == torch::IntArrayRef({tok.size(), 128}));
+        CHECK(st.get("model.layers.3.self_attn.k_proj.weight").sizes() == torch::IntArrayRef({64, 128}));
+        CHECK(st.get("model.layers.3.mlp.down_proj.weight").sizes() == torch::IntArrayRef({128, 384}));
+
+        auto lm = idamoe::io::load_causal_lm((m / "tiny-qwen2").string());  // strict: every name and shape
+        torch::NoGradGuard ng;
+        idamoe::demo::BpeEncoder enc(tok);
+        auto ids = enc.encode("USER: What colour is the circle? ASSISTANT: red<|endoftext|>");
+        auto ids_BT = torch::tensor(ids, torch::kLong).unsqueeze(0);
+        auto out = lm->forward(ids_BT, torch::Tensor());
+        REQUIRE(out.logits_BTV.dim() == 3);
+        CHECK(out.logits_BTV.size(1) == static_cast<int64_t>(ids.size()));
+        CHECK(out.logits_BTV.size(2) == tok.size());
+        CHECK(torch::isfinite(out.logits_BTV).all().item<bool>());
+        // Random init at std 0.02: the first loss is near ln(V), i.e. an untrained model.
+        const double loss = idamoe::model::causal_lm_loss(out.logits_BTV, ids_BT).item<double>();
+        INFO("initial loss " << loss << " vs ln(V) " << std::log(static_cast<double>(tok.size())));
+        CHECK(std::abs(loss - std::log(static_cast<double>(tok.size()))) < 0.5);
+    }
+
+    SECTION("tiny-clip: HF CLIPVisionModel names (as the fixture's) and shapes from its config") {
+        json cfg = json::parse(slurp(m / "tiny-clip/config.json"));
+        CHECK(cfg.at("model_type") == "clip_vision_model");
+        CHECK(cfg.at("image_size") == 56);
+        CHECK(cfg.at("patch_size") == 14);
+        CHECK(cfg.at("hidden_size") == 128);
+        CHECK(cfg.at("num_hidden_layers") == 2);
+        json pp = json::parse(slurp(m / "tiny-clip/preprocessor_config.json"));
+        CHECK(pp.at("crop_size").at("height") == 56);
+        CHECK(pp.at("size").at("shortest_edge") == 56);
+
+        auto mine = idamoe::io::load_safetensors((m / "tiny-clip/model.safetensors").string());
+        auto ref = idamoe::io::load_safetensors(fixture_path("hf/clip_vision/model.safetensors"));
+        std::set<std::string> mine_keys, ref_keys;
+        for (const auto & [k, v] : mine) mine_keys.insert(k);
+        for (const auto & [k, v] : ref) ref_keys.insert(k);
+        CHECK(mine_keys == ref_keys);  // both 2 layers: the same HF names, nothing extra or missing
+        CHECK(mine.at("vision_model.embeddings.patch_embedding.weight").sizes() == torch::IntArrayRef({128, 3, 14, 14}));
+        CHECK(mine.at("vision_model.embeddings.position_embedding.weight").sizes() == torch::IntArrayRef({17, 128}));
+        CHECK(mine.at("vision_model.encoder.layers.1.mlp.fc1.weight").sizes() == torch::IntArrayRef({512, 128}));
+        for (const auto & [k, v] : mine) {
+            INFO(k);
+            CHECK(v.scalar_type() == torch::kFloat32);
+            CHECK(torch::isfinite(v).all().item<bool>());
+        }
+    }
 }
