@@ -2,6 +2,9 @@
 // trainer and the tiny-model maker. They run the real binaries from the build folder.
 #include "test_utils.h"
 
+#include "core/config.h"
+#include "data/pipeline.h"
+#include "data/tokenizer.h"
 #include "io/hf_loader.h"
 #include "io/safetensors.h"
 
@@ -333,4 +336,45 @@ TEST_CASE("make-tiny-models: HF directories that load back, seeded", "[demo]") {
             CHECK(torch::isfinite(v).all().item<bool>());
         }
     }
+}
+
+// The demo's data, tokenizer and configs through the real data pipeline (src/data): the tokenizer
+// loads with the right EOS/pad, and MoE-LLaVA's label masking finds no tokenization mismatch, so no
+// demo sample is silently masked out (protocol §2.2, pain point 3).
+TEST_CASE("demo data + tokenizer + configs pass the data pipeline with zero tokenization mismatches", "[demo]") {
+    TempDir t;
+    REQUIRE(run(gen_cmd(t.str("data"), 11)) == 0);
+    REQUIRE(run(binary_path("train-bpe-tokenizer") + " --corpus " + t.str("data/corpus.txt") + " --vocab-size 512 --out " + t.str("tokenizer.json")) == 0);
+    REQUIRE(run(binary_path("make-tiny-models") + " --tokenizer " + t.str("tokenizer.json") + " --out " + t.str("models")) == 0);
+
+    auto tok = idamoe::data::load_tokenizer(t.str("models/tiny-qwen2"));
+    auto mine = idamoe::demo::bpe_from_hf_json(json::parse(slurp(t.str("tokenizer.json"))));
+    CHECK(tok->vocab_size() == mine.size());
+    CHECK(tok->eos_id() == mine.special_id("<|endoftext|>"));
+    CHECK(tok->pad_id() == mine.special_id("<|extra_0|>"));
+    idamoe::demo::BpeEncoder enc(mine);
+    std::ifstream corpus(t.str("data/corpus.txt"));
+    int lines = 0;
+    for (std::string line; std::getline(corpus, line) && lines < 40; ++lines) {
+        INFO("corpus line " << lines + 1);
+        CHECK(tok->encode(line) == enc.encode(line));  // the trainer's encoder and the pipeline's agree
+    }
+
+    ::setenv("IDAMOE_DEMO_DIR", t.str().c_str(), 1);
+    const fs::path cfg_dir = fs::path(IDAMOE_TEST_FIXTURES).parent_path().parent_path() / "configs/demo";
+    for (const char * stage : {"stage1.yaml", "stage2.yaml", "stage3.yaml", "stage3_linear_aux.yaml"}) {
+        INFO("config " << stage);
+        auto cfg = idamoe::core::load_config((cfg_dir / stage).string());
+        CHECK(cfg.model.llm_path == t.str("models/tiny-qwen2"));
+        CHECK(idamoe::data::image_tokens_for(cfg) == 16);
+        std::ostringstream os;
+        const int64_t mismatches = idamoe::data::inspect_samples(cfg, 100000, os);
+        const std::string report = os.str();
+        INFO(report.substr(0, 1500));
+        CHECK(mismatches == 0);
+        CHECK(report.find("problems:") == std::string::npos);
+        CHECK(report.find("trained=0 ") == std::string::npos);  // every sample trains some tokens
+        CHECK(report.find("<image×16>") != std::string::npos);  // 16 patch tokens per image
+    }
+    ::unsetenv("IDAMOE_DEMO_DIR");
 }
