@@ -7,6 +7,7 @@
 #include "data/tokenizer.h"
 #include "io/hf_loader.h"
 #include "io/safetensors.h"
+#include "train/eval.h"
 
 #include "../../data_tools/bpe_tokenizer.h"
 
@@ -377,4 +378,65 @@ TEST_CASE("demo data + tokenizer + configs pass the data pipeline with zero toke
         CHECK(report.find("<image×16>") != std::string::npos);  // 16 patch tokens per image
     }
     ::unsetenv("IDAMOE_DEMO_DIR");
+}
+
+TEST_CASE("eval: LLaVA question JSONL in, answers JSONL and per-category accuracy out", "[demo]") {
+    TempDir t;
+    REQUIRE(run(gen_cmd(t.str("d"), 2)) == 0);
+    auto qs = idamoe::train::load_eval_questions(t.str("d/eval_questions.jsonl"));
+    REQUIRE(qs.size() == 24);
+    CHECK(qs[5].question_id == 5);
+    CHECK(qs[5].category == "largest");
+
+    CHECK(idamoe::train::normalize_answer("  Red.\n") == "red");
+    CHECK(idamoe::train::normalize_answer("yes<|endoftext|>") == "yes");
+    CHECK(idamoe::train::normalize_answer("Left\nbecause ...") == "left");
+
+    const std::string prompt = idamoe::train::eval_prompt("moe_llava", qs[0]);
+    CHECK(prompt.rfind("A chat between", 0) == 0);
+    CHECK(prompt.find(" USER: <image>\n" + qs[0].text + " ASSISTANT:") != std::string::npos);
+
+    // An oracle that reads the answer from the image path proves the plumbing: 100 %.
+    std::map<std::string, std::string> truth;
+    for (const auto & q : qs) truth[(fs::path(t.str("d/images")) / q.image).string()] = q.answer;
+    int64_t calls = 0;
+    auto oracle = [&](const std::string & p, const std::string & image) {
+        ++calls;
+        CHECK(p.find("<image>") != std::string::npos);
+        REQUIRE(fs::exists(image));
+        return " " + truth.at(image) + ".<|endoftext|>";
+    };
+    auto answers = idamoe::train::run_eval(qs, "moe_llava", t.str("d/images"), oracle);
+    CHECK(calls == 24);
+    CHECK(answers[3].text == qs[3].answer + ".");
+    auto s = idamoe::train::score_answers(answers);
+    CHECK(s.at("all").correct == 24);
+    CHECK(s.at("colour").total == 4);
+
+    // A constant "yes" scores exactly the share of "yes" answers.
+    auto yes = idamoe::train::run_eval(qs, "moe_llava", t.str("d/images"), [](const std::string &, const std::string &) { return std::string("Yes"); }, 12);
+    REQUIRE(yes.size() == 12);
+    int64_t n_yes = 0;
+    for (size_t i = 0; i < 12; ++i) n_yes += qs[i].answer == "yes";
+    auto sy = idamoe::train::score_answers(yes);
+    CHECK(sy.at("all").correct == n_yes);
+    CHECK(sy.at("all").total == 12);
+    CHECK(sy.at("presence").correct == n_yes);  // only presence questions have yes/no answers
+
+    idamoe::train::write_answers_jsonl(t.str("answers.jsonl"), answers, "oracle");
+    std::ifstream in(t.str("answers.jsonl"));
+    std::string first;
+    std::getline(in, first);
+    json a0 = json::parse(first);
+    CHECK(a0.at("question_id") == 0);
+    CHECK(a0.at("model_id") == "oracle");
+    CHECK(a0.at("text") == qs[0].answer + ".");
+
+    auto rec = idamoe::train::routing_record(7, 2, torch::tensor({0.25f, 0.75f, 1.0f, 0.0f}).view({2, 2}), {"a", "b"});
+    CHECK(rec.at("probs")[0][1] == 0.75);
+    CHECK(rec.at("layer") == 2);
+    CHECK_THROWS(idamoe::train::routing_record(7, 2, torch::zeros({2, 2}), {"only one"}));
+
+    idamoe::test::write_text(t.str("bad.jsonl"), "{\"question_id\": 1, \"text\": \"q\"}\nnot json\n");
+    CHECK_THROWS_WITH(idamoe::train::load_eval_questions(t.str("bad.jsonl")), Catch::Contains("bad.jsonl:2"));
 }
