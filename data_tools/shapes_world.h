@@ -1,0 +1,297 @@
+// defines: Rng, Shape, Scene, sample_scene, render_scene, caption_of, QA, ask, text_only_qa,
+//          kColours, kShapeNames, kCategories
+//
+// The built-in demo's synthetic world: 1-3 flat shapes (circle, square, triangle, cross) in six
+// colours and three sizes on a tinted, gradient, noisy background, plus the language that talks
+// about it (captions, single-word-answer questions, text-only questions). Everything here is a
+// pure function of a 64-bit seed, with integer/float arithmetic only (no <random> distributions,
+// whose output differs between standard libraries), so a seed gives the same bytes everywhere.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace idamoe::demo {
+
+// ---- random numbers ------------------------------------------------------------------------
+
+// splitmix64 (Steele, Lea, Flood 2014): tiny, full-period, and fully specified.
+struct Rng {
+    uint64_t s;
+    explicit Rng(uint64_t seed) : s(seed) {}
+    uint64_t next() {
+        uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return z ^ (z >> 31);
+    }
+    double uniform() { return static_cast<double>(next() >> 11) * (1.0 / 9007199254740992.0); }  // [0, 1)
+    double uniform(double lo, double hi) { return lo + (hi - lo) * uniform(); }
+    int64_t below(int64_t n) { return static_cast<int64_t>(uniform() * static_cast<double>(n)); }  // [0, n)
+    bool coin(double p = 0.5) { return uniform() < p; }
+    template <class T> const T & pick(const std::vector<T> & v) { return v[static_cast<size_t>(below(static_cast<int64_t>(v.size())))]; }
+};
+
+// An independent stream per (seed, split, index): image i does not depend on the split's size.
+inline uint64_t stream_seed(uint64_t seed, uint64_t split, uint64_t index) {
+    Rng r(seed * 0x100000001B3ull ^ (split << 48) ^ index);
+    r.next();
+    return r.next();
+}
+
+// ---- the world ---------------------------------------------------------------------------
+
+struct Colour {
+    const char * name;
+    int r, g, b;
+};
+// Saturated colours far from the low-saturation backgrounds below.
+inline const std::vector<Colour> kColours = {
+    {"red", 220, 40, 40},     {"green", 40, 170, 60},  {"blue", 40, 80, 225},
+    {"yellow", 240, 210, 40}, {"purple", 145, 55, 185}, {"orange", 245, 135, 25},
+};
+enum class Kind { circle, square, triangle, cross };
+inline const std::vector<std::string> kShapeNames = {"circle", "square", "triangle", "cross"};
+inline const std::vector<std::string> kShapePlurals = {"circles", "squares", "triangles", "crosses"};
+inline const std::vector<std::string> kSizeNames = {"small", "medium", "large"};
+// Radius ranges per size class, as fractions of the image side.
+inline const std::array<std::array<double, 2>, 3> kRadius = {{{0.09, 0.12}, {0.14, 0.17}, {0.20, 0.24}}};
+
+// Question categories, in the order the eval split cycles through them.
+inline const std::vector<std::string> kCategories = {"colour", "shape", "count", "presence", "position", "largest"};
+
+struct Shape {
+    int kind;     // index into kShapeNames
+    int colour;   // index into kColours
+    int size;     // index into kSizeNames
+    double cx, cy, r;  // pixels
+};
+
+struct Scene {
+    int size = 56;
+    std::vector<Shape> shapes;
+    std::array<int, 3> bg{};     // base colour
+    std::array<double, 2> grad{};// per-pixel brightness slope (x, y)
+    bool stripes = false;
+    double noise = 6.0;
+};
+
+// 1-3 non-overlapping shapes with distinct (kind, colour) pairs, so "the red circle" is unambiguous.
+inline Scene sample_scene(Rng & rng, int image_size, int min_shapes = 1) {
+    Scene s;
+    s.size = image_size;
+    int grey = static_cast<int>(rng.uniform(70, 205));
+    for (int c = 0; c < 3; ++c) s.bg[c] = std::clamp(grey + static_cast<int>(rng.uniform(-14, 14)), 0, 255);
+    s.grad = {rng.uniform(-0.5, 0.5) * 56.0 / image_size, rng.uniform(-0.5, 0.5) * 56.0 / image_size};
+    s.stripes = rng.coin(0.25);
+    s.noise = rng.uniform(2.0, 8.0);
+    int n = static_cast<int>(min_shapes + rng.below(3 - min_shapes + 1));
+    const double side = image_size;
+    for (int i = 0; i < n; ++i) {
+        for (int attempt = 0; attempt < 200; ++attempt) {
+            Shape sh;
+            sh.kind = static_cast<int>(rng.below(4));
+            sh.colour = static_cast<int>(rng.below(static_cast<int64_t>(kColours.size())));
+            // Later attempts prefer smaller shapes so that three shapes always fit.
+            sh.size = static_cast<int>(rng.below(attempt < 100 ? 3 : 1));
+            sh.r = side * rng.uniform(kRadius[sh.size][0], kRadius[sh.size][1]);
+            sh.cx = rng.uniform(sh.r + 1, side - sh.r - 1);
+            sh.cy = rng.uniform(sh.r + 1, side - sh.r - 1);
+            bool ok = true;
+            for (const auto & o : s.shapes) {
+                if (o.kind == sh.kind && o.colour == sh.colour) ok = false;
+                if (std::hypot(o.cx - sh.cx, o.cy - sh.cy) < o.r + sh.r + 2.0) ok = false;
+            }
+            if (ok) {
+                s.shapes.push_back(sh);
+                break;
+            }
+        }
+    }
+    return s;
+}
+
+// Every shape fits inside the circle of radius r around its centre (placement relies on it).
+inline bool inside(const Shape & sh, double x, double y) {
+    const double dx = x - sh.cx, dy = y - sh.cy, r = sh.r;
+    switch (static_cast<Kind>(sh.kind)) {
+        case Kind::circle: return dx * dx + dy * dy <= r * r;
+        case Kind::square: return std::abs(dx) <= 0.7 * r && std::abs(dy) <= 0.7 * r;
+        case Kind::triangle: {
+            // Equilateral, inscribed: apex (0, -r), base at y = r/2 with half-width r*sqrt(3)/2.
+            if (dy < -r || dy > 0.5 * r) return false;
+            return std::abs(dx) <= (dy + r) / (1.5 * r) * (0.8660254037844386 * r);
+        }
+        case Kind::cross: {
+            const double arm = 0.3 * r, len = 0.95 * r;
+            return (std::abs(dx) <= arm && std::abs(dy) <= len) || (std::abs(dy) <= arm && std::abs(dx) <= len);
+        }
+    }
+    return false;
+}
+
+// Painted area in r^2 units (for "which shape is largest", which compares what the eye sees).
+inline double area(const Shape & sh) {
+    static const double unit[4] = {3.14159265358979, 1.96, 1.299038105676658, 4 * 0.3 * 0.95 * 2 - 0.36};
+    return unit[sh.kind] * sh.r * sh.r;
+}
+
+// RGB bytes, row-major, 4x4 supersampled edges.
+inline std::vector<uint8_t> render_scene(const Scene & s, Rng & rng) {
+    const int n = s.size;
+    std::vector<uint8_t> px(static_cast<size_t>(n) * n * 3);
+    for (int y = 0; y < n; ++y) {
+        for (int x = 0; x < n; ++x) {
+            double acc[3] = {0, 0, 0};
+            double shade = s.grad[0] * (x - n / 2.0) + s.grad[1] * (y - n / 2.0);
+            if (s.stripes && ((x + y) / 4) % 2 == 0) shade += 12.0;
+            for (int sy = 0; sy < 4; ++sy) {
+                for (int sx = 0; sx < 4; ++sx) {
+                    const double fx = x + (sx + 0.5) / 4.0, fy = y + (sy + 0.5) / 4.0;
+                    double c[3] = {s.bg[0] + shade, s.bg[1] + shade, s.bg[2] + shade};
+                    for (const auto & sh : s.shapes) {  // later shapes paint over earlier ones
+                        if (inside(sh, fx, fy)) {
+                            const auto & col = kColours[sh.colour];
+                            c[0] = col.r; c[1] = col.g; c[2] = col.b;
+                        }
+                    }
+                    for (int k = 0; k < 3; ++k) acc[k] += c[k];
+                }
+            }
+            for (int k = 0; k < 3; ++k) {
+                const double v = acc[k] / 16.0 + rng.uniform(-s.noise, s.noise);
+                px[(static_cast<size_t>(y) * n + x) * 3 + k] = static_cast<uint8_t>(std::clamp(std::lround(v), 0l, 255l));
+            }
+        }
+    }
+    return px;
+}
+
+// ---- language --------------------------------------------------------------------------
+
+inline std::string name_of(const Shape & sh) { return std::string(kColours[sh.colour].name) + " " + kShapeNames[sh.kind]; }
+inline std::string a_or_an(const std::string & w) { return (w[0] == 'o' || w[0] == 'a' ? "an " : "a ") + w; }
+
+// Horizontal position word; "middle" within 12% of the centre line.
+inline std::string horizontal(const Scene & s, const Shape & sh) {
+    const double off = (sh.cx - s.size / 2.0) / s.size;
+    return off < -0.12 ? "left" : off > 0.12 ? "right" : "middle";
+}
+
+inline std::string caption_of(const Scene & s, Rng & rng) {
+    static const std::vector<std::string> counts = {"no shapes", "one shape", "two shapes", "three shapes"};
+    const int grey = (s.bg[0] + s.bg[1] + s.bg[2]) / 3;
+    std::string bg = std::string(grey < 120 ? "a dark" : grey > 160 ? "a light" : "a gray") +
+                     (s.stripes ? " striped background" : " background");
+    std::vector<std::string> parts;
+    for (const auto & sh : s.shapes) {
+        std::string where = horizontal(s, sh);
+        parts.push_back("a " + kSizeNames[sh.size] + " " + name_of(sh) + (where == "middle" ? " in the middle" : " on the " + where));
+    }
+    std::string list;
+    for (size_t i = 0; i < parts.size(); ++i)
+        list += (i == 0 ? "" : i + 1 == parts.size() ? " and " : ", ") + parts[i];
+    switch (rng.below(3)) {
+        case 0: return counts[s.shapes.size()] + " on " + bg + ": " + list + ".";
+        case 1: return "an image of " + list + " on " + bg + ".";
+        default: return list + ". " + counts[s.shapes.size()] + " in total.";
+    }
+}
+
+struct QA {
+    std::string category, question, answer;
+};
+
+// A question of `category` about scene s, or nullopt when the scene cannot support it
+// (e.g. "which shape is largest" needs two shapes and a clear winner).
+inline std::optional<QA> ask(const Scene & s, const std::string & category, Rng & rng) {
+    const auto & sh = s.shapes;
+    if (sh.empty()) return std::nullopt;
+    auto count_kind = [&](int k) { return std::count_if(sh.begin(), sh.end(), [&](const Shape & x) { return x.kind == k; }); };
+    auto count_colour = [&](int c) { return std::count_if(sh.begin(), sh.end(), [&](const Shape & x) { return x.colour == c; }); };
+    if (category == "colour") {
+        std::vector<Shape> unique;
+        for (const auto & x : sh) if (count_kind(x.kind) == 1) unique.push_back(x);
+        if (unique.empty()) return std::nullopt;
+        const Shape & t = rng.pick(unique);
+        return QA{category, "What colour is the " + kShapeNames[t.kind] + "?", kColours[t.colour].name};
+    }
+    if (category == "shape") {
+        std::vector<Shape> unique;
+        for (const auto & x : sh) if (count_colour(x.colour) == 1) unique.push_back(x);
+        if (unique.empty()) return std::nullopt;
+        const Shape & t = rng.pick(unique);
+        return QA{category, "What shape is the " + std::string(kColours[t.colour].name) + " object?", kShapeNames[t.kind]};
+    }
+    if (category == "count") {
+        if (rng.coin()) return QA{category, "How many shapes are there?", std::to_string(sh.size())};
+        const int k = static_cast<int>(rng.below(4));
+        return QA{category, "How many " + kShapePlurals[k] + " are there?", std::to_string(count_kind(k))};
+    }
+    if (category == "presence") {
+        if (rng.coin()) {
+            const Shape & t = rng.pick(sh);
+            return QA{category, "Is there " + a_or_an(name_of(t)) + "?", "yes"};
+        }
+        for (int attempt = 0; attempt < 100; ++attempt) {
+            Shape probe{static_cast<int>(rng.below(4)), static_cast<int>(rng.below(static_cast<int64_t>(kColours.size()))), 0, 0, 0, 0};
+            bool present = std::any_of(sh.begin(), sh.end(), [&](const Shape & x) { return x.kind == probe.kind && x.colour == probe.colour; });
+            if (!present) return QA{category, "Is there " + a_or_an(name_of(probe)) + "?", "no"};
+        }
+        return std::nullopt;
+    }
+    if (category == "position") {
+        std::vector<Shape> sided;
+        for (const auto & x : sh) if (horizontal(s, x) != "middle") sided.push_back(x);
+        if (sided.empty()) return std::nullopt;
+        const Shape & t = rng.pick(sided);
+        return QA{category, "Is the " + name_of(t) + " on the left or on the right?", horizontal(s, t)};
+    }
+    if (category == "largest") {
+        if (sh.size() < 2) return std::nullopt;
+        std::vector<Shape> by = sh;
+        std::sort(by.begin(), by.end(), [](const Shape & a, const Shape & b) { return area(a) > area(b); });
+        if (area(by[0]) < 1.6 * area(by[1])) return std::nullopt;  // no visually clear winner
+        return QA{category, "Which shape is the largest?", kShapeNames[by[0].kind]};
+    }
+    return std::nullopt;
+}
+
+// Text-only instruction data (the role of MoE-LLaVA's nlp_tune.json), with single-word answers.
+inline QA text_only_qa(Rng & rng) {
+    static const std::vector<std::string> digits = {"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"};
+    switch (rng.below(5)) {
+        case 0: {
+            int a = static_cast<int>(rng.below(5)), b = static_cast<int>(rng.below(5));
+            return QA{"text", "What is " + digits[a] + " plus " + digits[b] + "?", std::to_string(a + b)};
+        }
+        case 1: {
+            int a = static_cast<int>(rng.below(10)), b = static_cast<int>(rng.below(a + 1));
+            return QA{"text", "What is " + digits[a] + " minus " + digits[b] + "?", std::to_string(a - b)};
+        }
+        case 2: {
+            int a = static_cast<int>(rng.below(10)), b = static_cast<int>(rng.below(9));
+            if (b >= a) ++b;
+            return QA{"text", "Which number is larger, " + digits[a] + " or " + digits[b] + "?", digits[std::max(a, b)]};
+        }
+        case 3: {
+            static const std::vector<std::array<std::string, 3>> mixes = {
+                {"red", "yellow", "orange"}, {"blue", "yellow", "green"}, {"red", "blue", "purple"}};
+            const auto & m = mixes[static_cast<size_t>(rng.below(3))];
+            bool swap = rng.coin();
+            return QA{"text", "What colour do you get when you mix " + m[swap ? 1 : 0] + " and " + m[swap ? 0 : 1] + "?", m[2]};
+        }
+        default: {
+            static const std::vector<std::array<std::string, 2>> sides = {{"triangle", "3"}, {"square", "4"}};
+            const auto & s = sides[static_cast<size_t>(rng.below(2))];
+            return QA{"text", "How many corners does a " + s[0] + " have?", s[1]};
+        }
+    }
+}
+
+}  // namespace idamoe::demo

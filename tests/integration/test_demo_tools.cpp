@@ -1,0 +1,442 @@
+// Tests of the built-in demo's tools (data_tools/): the shapes data generator, the BPE tokenizer
+// trainer and the tiny-model maker. They run the real binaries from the build folder.
+#include "test_utils.h"
+
+#include "core/config.h"
+#include "data/pipeline.h"
+#include "data/tokenizer.h"
+#include "io/hf_loader.h"
+#include "io/safetensors.h"
+#include "train/eval.h"
+
+#include "../../data_tools/bpe_tokenizer.h"
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#define STB_IMAGE_STATIC
+#define STB_IMAGE_IMPLEMENTATION
+#include <stb/stb_image.h>
+
+#include <array>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+namespace fs = std::filesystem;
+using idamoe::test::binary_path;
+using idamoe::test::fixture_path;
+using idamoe::test::TempDir;
+using json = nlohmann::json;
+
+namespace {
+
+std::string slurp(const fs::path & p) {
+    std::ifstream in(p, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+int run(const std::string & cmd) {
+    INFO("command: " << cmd);
+    return std::system((cmd + " > /dev/null").c_str());
+}
+
+// Small but complete: every question type occurs with this seed.
+std::string gen_cmd(const std::string & out, int seed) {
+    return binary_path("gen-shapes-dataset") + " --out " + out + " --seed " + std::to_string(seed) +
+           " --n-caption 12 --n-instruct 40 --n-text 8 --n-eval 24 --image-size 56";
+}
+
+// Relative path -> bytes, for every file under dir.
+std::map<std::string, std::string> tree(const fs::path & dir) {
+    std::map<std::string, std::string> out;
+    for (const auto & e : fs::recursive_directory_iterator(dir))
+        if (e.is_regular_file()) out[fs::relative(e.path(), dir).string()] = slurp(e.path());
+    return out;
+}
+
+const std::set<std::string> kColourWords = {"red", "green", "blue", "yellow", "purple", "orange"};
+const std::set<std::string> kShapeWords = {"circle", "square", "triangle", "cross"};
+
+}  // namespace
+
+TEST_CASE("gen-shapes-dataset is deterministic by seed", "[demo]") {
+    TempDir a, b, c;
+    REQUIRE(run(gen_cmd(a.str("d"), 7)) == 0);
+    REQUIRE(run(gen_cmd(b.str("d"), 7)) == 0);
+    REQUIRE(run(gen_cmd(c.str("d"), 8)) == 0);
+    auto ta = tree(a.str("d")), tb = tree(b.str("d")), tc = tree(c.str("d"));
+    // 12 + 40 + 24 images and 6 other files.
+    CHECK(ta.size() == 12 + 40 + 24 + 6);
+    REQUIRE(ta.size() == tb.size());
+    size_t same = 0;
+    for (const auto & [k, v] : ta) {
+        INFO("file " << k);
+        REQUIRE(tb.count(k) == 1);
+        CHECK(tb[k] == v);
+        same += tb[k] == v;
+    }
+    CHECK(same == ta.size());
+    // Another seed changes the images and the text.
+    CHECK(tc.at("images/eval/000000.png") != ta.at("images/eval/000000.png"));
+    CHECK(tc.at("instruct_image.json") != ta.at("instruct_image.json"));
+}
+
+TEST_CASE("gen-shapes-dataset writes valid LLaVA data with every promised question type", "[demo]") {
+    TempDir t;
+    const fs::path d = t.str("d");
+    REQUIRE(run(gen_cmd(d.string(), 3)) == 0);
+
+    SECTION("stage-1 captions: human '<image>', gpt caption (plain template)") {
+        json caps = json::parse(slurp(d / "captions.json"));
+        REQUIRE(caps.is_array());
+        REQUIRE(caps.size() == 12);
+        for (const auto & r : caps) {
+            REQUIRE(fs::exists(d / "images" / r.at("image").get<std::string>()));
+            const auto & c = r.at("conversations");
+            REQUIRE(c.size() == 2);
+            CHECK(c[0].at("from") == "human");
+            CHECK(c[0].at("value") == "<image>");
+            CHECK(c[1].at("from") == "gpt");
+            const std::string cap = c[1].at("value");
+            CHECK(cap.size() > 10);
+            CHECK(cap.back() == '.');
+        }
+    }
+
+    SECTION("stage-2/3 image instructions: alternating turns, <image> once, single-word answers") {
+        json recs = json::parse(slurp(d / "instruct_image.json"));
+        REQUIRE(recs.size() == 40);
+        std::map<std::string, int> types;
+        for (const auto & r : recs) {
+            REQUIRE(fs::exists(d / "images" / r.at("image").get<std::string>()));
+            const auto & c = r.at("conversations");
+            REQUIRE(c.size() >= 2);
+            REQUIRE(c.size() % 2 == 0);
+            for (size_t i = 0; i < c.size(); ++i) {
+                const std::string v = c[i].at("value");
+                CHECK(c[i].at("from") == (i % 2 == 0 ? "human" : "gpt"));
+                if (i % 2 == 1) {
+                    CHECK(v.find(' ') == std::string::npos);
+                    continue;
+                }
+                CHECK((v.rfind("<image>\n", 0) == 0) == (i == 0));
+                CHECK(v.find("<image>", i == 0 ? 1 : 0) == std::string::npos);
+                CHECK(v.find("\nAnswer the question using a single word or phrase.") != std::string::npos);
+                const std::string ans = c[i + 1].at("value");
+                if (v.find("What colour is the") != std::string::npos) { ++types["colour"]; CHECK(kColourWords.count(ans)); }
+                else if (v.find("What shape is the") != std::string::npos) { ++types["shape"]; CHECK(kShapeWords.count(ans)); }
+                else if (v.find("How many") != std::string::npos) { ++types["count"]; CHECK((ans.size() == 1 && ans[0] >= '0' && ans[0] <= '3')); }
+                else if (v.find("Is there") != std::string::npos) { ++types["presence"]; CHECK((ans == "yes" || ans == "no")); }
+                else if (v.find("on the left or on the right") != std::string::npos) { ++types["position"]; CHECK((ans == "left" || ans == "right")); }
+                else if (v.find("Which shape is the largest") != std::string::npos) { ++types["largest"]; CHECK(kShapeWords.count(ans)); }
+                else FAIL("unexpected question: " << v);
+            }
+        }
+        for (const char * k : {"colour", "shape", "count", "presence", "position", "largest"}) {
+            INFO("question type " << k);
+            CHECK(types[k] > 0);
+        }
+        json text = json::parse(slurp(d / "instruct_text.json"));
+        REQUIRE(text.size() == 8);
+        for (const auto & r : text) {
+            CHECK_FALSE(r.contains("image"));
+            CHECK(r.at("conversations").size() == 2);
+            CHECK(r.at("conversations")[0].at("value").get<std::string>().find("<image>") == std::string::npos);
+        }
+    }
+
+    SECTION("eval split: LLaVA question JSONL with answers; PNGs decode; colour answers match the pixels") {
+        std::ifstream in(d / "eval_questions.jsonl");
+        std::map<std::string, int> cats;
+        int lines = 0, colour_checked = 0;
+        for (std::string line; std::getline(in, line); ++lines) {
+            json q = json::parse(line);
+            CHECK(q.at("question_id") == lines);
+            const std::string cat = q.at("category"), ans = q.at("answer"), text = q.at("text");
+            ++cats[cat];
+            CHECK(text.find("<image>") == std::string::npos);  // the eval runner adds it, as LLaVA's does
+            int w = 0, h = 0, n = 0;
+            const std::string img = (d / "images" / q.at("image").get<std::string>()).string();
+            unsigned char * px = stbi_load(img.c_str(), &w, &h, &n, 3);
+            REQUIRE(px != nullptr);
+            CHECK(w == 56);
+            CHECK(h == 56);
+            CHECK(n == 3);
+            if (cat == "colour") {
+                // The named colour must cover a visible area: >= 10 pixels within 24 of its RGB.
+                static const std::map<std::string, std::array<int, 3>> rgb = {
+                    {"red", {220, 40, 40}}, {"green", {40, 170, 60}}, {"blue", {40, 80, 225}},
+                    {"yellow", {240, 210, 40}}, {"purple", {145, 55, 185}}, {"orange", {245, 135, 25}}};
+                REQUIRE(rgb.count(ans));
+                int hits = 0;
+                for (int i = 0; i < w * h; ++i) {
+                    bool near = true;
+                    for (int k = 0; k < 3; ++k) near = near && std::abs(px[i * 3 + k] - rgb.at(ans)[k]) <= 24;
+                    hits += near;
+                }
+                INFO("image " << img << " answer " << ans);
+                CHECK(hits >= 10);
+                ++colour_checked;
+            }
+            stbi_image_free(px);
+            if (cat == "colour") CHECK(kColourWords.count(ans));
+            else if (cat == "shape" || cat == "largest") CHECK(kShapeWords.count(ans));
+            else if (cat == "count") CHECK((ans == "0" || ans == "1" || ans == "2" || ans == "3"));
+            else if (cat == "presence") CHECK((ans == "yes" || ans == "no"));
+            else if (cat == "position") CHECK((ans == "left" || ans == "right"));
+            else FAIL("unknown category " << cat);
+        }
+        CHECK(lines == 24);
+        CHECK(colour_checked == 4);
+        CHECK(cats.size() == 6);
+        for (const auto & [k, v] : cats) CHECK(v == 4);
+    }
+}
+
+TEST_CASE("BPE encoder reproduces Hugging Face's ids on the Qwen2 fixture tokenizer", "[demo]") {
+    auto model = idamoe::demo::bpe_from_hf_json(json::parse(slurp(fixture_path("tokenizer/qwen2/tokenizer.json"))));
+    REQUIRE(model.size() == 151646);
+    idamoe::demo::BpeEncoder enc(model);
+    std::ifstream corpus(fixture_path("tokenizer/corpus.jsonl")), ids(fixture_path("tokenizer/expected_ids.jsonl"));
+    int lines = 0, exact = 0;
+    for (std::string c, e; std::getline(corpus, c) && std::getline(ids, e); ++lines) {
+        const std::string text = json::parse(c);
+        const auto expected = json::parse(e).get<std::vector<int64_t>>();
+        const auto got = enc.encode(text);
+        INFO("corpus line " << lines + 1 << ": " << text);
+        CHECK(got == expected);
+        exact += got == expected;
+    }
+    CHECK(lines == 62);
+    WARN("BPE encoder: " << exact << "/" << lines << " fixture lines exact");
+}
+
+TEST_CASE("train-bpe-tokenizer: Qwen2-format tokenizer.json, answers are single tokens", "[demo]") {
+    TempDir t;
+    REQUIRE(run(gen_cmd(t.str("d"), 5)) == 0);
+    REQUIRE(run(binary_path("train-bpe-tokenizer") + " --corpus " + t.str("d/corpus.txt") + " --vocab-size 512 --out " + t.str("tok.json")) == 0);
+    json j = json::parse(slurp(t.str("tok.json")));
+    auto model = idamoe::demo::bpe_from_hf_json(j);
+    CHECK(model.size() == 512);  // the demo's size; even this small corpus has enough repeated pairs
+    CHECK(j.at("model").at("type") == "BPE");
+    CHECK(j.at("pre_tokenizer").at("pretokenizers")[0].at("pattern").at("Regex") == idamoe::demo::kQwen2Pattern);
+    REQUIRE(j.at("added_tokens").size() == 4);
+    CHECK(j.at("added_tokens")[0].at("content") == "<|endoftext|>");
+    CHECK(j.at("added_tokens")[3].at("content") == "<|extra_0|>");
+    // Ids 0..255 are the byte alphabet in Qwen2's order ('!' = 0, '0' = 15).
+    CHECK(j.at("model").at("vocab").at("!") == 0);
+    CHECK(j.at("model").at("vocab").at("0") == 15);
+
+    idamoe::demo::BpeEncoder enc(model);
+    for (const auto & words : {kColourWords, kShapeWords, std::set<std::string>{"yes", "no", "left", "right"}}) {
+        for (const auto & w : words) {
+            INFO("answer '" << w << "'");
+            CHECK(enc.encode(" " + w).size() == 1);
+        }
+    }
+    // MoE-LLaVA's masking arithmetic (protocol §2.2): "... ASSISTANT: " alone is one token longer
+    // than its span inside "... ASSISTANT: <answer>", because the space joins the answer's first token.
+    const std::string prefix = "USER: What colour is the circle? ASSISTANT: ";
+    for (const std::string ans : {"red", "triangle", "yes"}) {
+        INFO("answer " << ans);
+        CHECK(enc.encode(prefix + ans).size() == enc.encode(prefix).size() - 1 + enc.encode(" " + ans).size());
+    }
+    const auto eot = enc.encode("red<|endoftext|>");
+    CHECK(eot.back() == model.special_id("<|endoftext|>"));
+}
+
+TEST_CASE("make-tiny-models: HF directories that load back, seeded", "[demo]") {
+    TempDir t;
+    REQUIRE(run(gen_cmd(t.str("d"), 5)) == 0);
+    REQUIRE(run(binary_path("train-bpe-tokenizer") + " --corpus " + t.str("d/corpus.txt") + " --vocab-size 512 --out " + t.str("tok.json")) == 0);
+    const std::string make = binary_path("make-tiny-models") + " --tokenizer " + t.str("tok.json");
+    REQUIRE(run(make + " --seed 3 --out " + t.str("m")) == 0);
+    REQUIRE(run(make + " --seed 3 --out " + t.str("m_again")) == 0);
+    REQUIRE(run(make + " --seed 4 --out " + t.str("m_other")) == 0);
+    const fs::path m = t.str("m");
+
+    SECTION("same seed, same bytes; another seed, other weights") {
+        for (const char * f : {"tiny-qwen2/model.safetensors", "tiny-clip/model.safetensors", "tiny-qwen2/config.json"}) {
+            INFO(f);
+            CHECK(slurp(m / f) == slurp(fs::path(t.str("m_again")) / f));
+        }
+        CHECK(slurp(m / "tiny-qwen2/model.safetensors") != slurp(fs::path(t.str("m_other")) / "tiny-qwen2/model.safetensors"));
+        CHECK(slurp(m / "tiny-qwen2/config.json") == slurp(fs::path(t.str("m_other")) / "tiny-qwen2/config.json"));
+    }
+
+    SECTION("tiny-qwen2: config matches the tokenizer; strict load; a forward gives finite logits") {
+        json cfg = json::parse(slurp(m / "tiny-qwen2/config.json"));
+        auto tok = idamoe::demo::bpe_from_hf_json(json::parse(slurp(m / "tiny-qwen2/tokenizer.json")));
+        CHECK(cfg.at("model_type") == "qwen2");
+        CHECK(cfg.at("vocab_size") == tok.size());
+        CHECK(cfg.at("tie_word_embeddings") == true);
+        CHECK(cfg.at("hidden_size") == 128);
+        CHECK(cfg.at("num_hidden_layers") == 4);
+        CHECK(cfg.at("num_attention_heads") == 4);
+        CHECK(cfg.at("num_key_value_heads") == 2);
+        CHECK(cfg.at("eos_token_id") == tok.special_id("<|endoftext|>"));
+        CHECK(cfg.at("pad_token_id") == tok.special_id("<|extra_0|>"));
+        json tc = json::parse(slurp(m / "tiny-qwen2/tokenizer_config.json"));
+        CHECK(tc.at("eos_token") == "<|endoftext|>");
+        CHECK(tc.at("pad_token") == "<|extra_0|>");
+        CHECK(json::parse(slurp(m / "tiny-qwen2/generation_config.json")).at("eos_token_id") == tok.special_id("<|endoftext|>"));
+
+        idamoe::io::SafetensorsFile st((m / "tiny-qwen2/model.safetensors").string());
+        CHECK_FALSE(st.contains("lm_head.weight"));  // tied, as HF writes it
+        for (const auto & info : st.tensors()) CHECK(info.dtype == "F32");
+        CHECK(st.get("model.embed_tokens.weight").sizes() == torch::IntArrayRef({tok.size(), 128}));
+        CHECK(st.get("model.layers.3.self_attn.k_proj.weight").sizes() == torch::IntArrayRef({64, 128}));
+        CHECK(st.get("model.layers.3.mlp.down_proj.weight").sizes() == torch::IntArrayRef({128, 384}));
+
+        auto lm = idamoe::io::load_causal_lm((m / "tiny-qwen2").string());  // strict: every name and shape
+        torch::NoGradGuard ng;
+        idamoe::demo::BpeEncoder enc(tok);
+        auto ids = enc.encode("USER: What colour is the circle? ASSISTANT: red<|endoftext|>");
+        auto ids_BT = torch::tensor(ids, torch::kLong).unsqueeze(0);
+        auto out = lm->forward(ids_BT, torch::Tensor());
+        REQUIRE(out.logits_BTV.dim() == 3);
+        CHECK(out.logits_BTV.size(1) == static_cast<int64_t>(ids.size()));
+        CHECK(out.logits_BTV.size(2) == tok.size());
+        CHECK(torch::isfinite(out.logits_BTV).all().item<bool>());
+        // Random init at std 0.02: the first loss is near ln(V), i.e. an untrained model.
+        const double loss = idamoe::model::causal_lm_loss(out.logits_BTV, ids_BT).item<double>();
+        INFO("initial loss " << loss << " vs ln(V) " << std::log(static_cast<double>(tok.size())));
+        CHECK(std::abs(loss - std::log(static_cast<double>(tok.size()))) < 0.5);
+    }
+
+    SECTION("tiny-clip: HF CLIPVisionModel names (as the fixture's) and shapes from its config") {
+        json cfg = json::parse(slurp(m / "tiny-clip/config.json"));
+        CHECK(cfg.at("model_type") == "clip_vision_model");
+        CHECK(cfg.at("image_size") == 56);
+        CHECK(cfg.at("patch_size") == 14);
+        CHECK(cfg.at("hidden_size") == 128);
+        CHECK(cfg.at("num_hidden_layers") == 2);
+        json pp = json::parse(slurp(m / "tiny-clip/preprocessor_config.json"));
+        CHECK(pp.at("crop_size").at("height") == 56);
+        CHECK(pp.at("size").at("shortest_edge") == 56);
+
+        auto mine = idamoe::io::load_safetensors((m / "tiny-clip/model.safetensors").string());
+        auto ref = idamoe::io::load_safetensors(fixture_path("hf/clip_vision/model.safetensors"));
+        std::set<std::string> mine_keys, ref_keys;
+        for (const auto & [k, v] : mine) mine_keys.insert(k);
+        for (const auto & [k, v] : ref) ref_keys.insert(k);
+        CHECK(mine_keys == ref_keys);  // both 2 layers: the same HF names, nothing extra or missing
+        CHECK(mine.at("vision_model.embeddings.patch_embedding.weight").sizes() == torch::IntArrayRef({128, 3, 14, 14}));
+        CHECK(mine.at("vision_model.embeddings.position_embedding.weight").sizes() == torch::IntArrayRef({17, 128}));
+        CHECK(mine.at("vision_model.encoder.layers.1.mlp.fc1.weight").sizes() == torch::IntArrayRef({512, 128}));
+        for (const auto & [k, v] : mine) {
+            INFO(k);
+            CHECK(v.scalar_type() == torch::kFloat32);
+            CHECK(torch::isfinite(v).all().item<bool>());
+        }
+    }
+}
+
+// The demo's data, tokenizer and configs through the real data pipeline (src/data): the tokenizer
+// loads with the right EOS/pad, and MoE-LLaVA's label masking finds no tokenization mismatch, so no
+// demo sample is silently masked out (protocol §2.2, pain point 3).
+TEST_CASE("demo data + tokenizer + configs pass the data pipeline with zero tokenization mismatches", "[demo]") {
+    TempDir t;
+    REQUIRE(run(gen_cmd(t.str("data"), 11)) == 0);
+    REQUIRE(run(binary_path("train-bpe-tokenizer") + " --corpus " + t.str("data/corpus.txt") + " --vocab-size 512 --out " + t.str("tokenizer.json")) == 0);
+    REQUIRE(run(binary_path("make-tiny-models") + " --tokenizer " + t.str("tokenizer.json") + " --out " + t.str("models")) == 0);
+
+    auto tok = idamoe::data::load_tokenizer(t.str("models/tiny-qwen2"));
+    auto mine = idamoe::demo::bpe_from_hf_json(json::parse(slurp(t.str("tokenizer.json"))));
+    CHECK(tok->vocab_size() == mine.size());
+    CHECK(tok->eos_id() == mine.special_id("<|endoftext|>"));
+    CHECK(tok->pad_id() == mine.special_id("<|extra_0|>"));
+    idamoe::demo::BpeEncoder enc(mine);
+    std::ifstream corpus(t.str("data/corpus.txt"));
+    int lines = 0;
+    for (std::string line; std::getline(corpus, line) && lines < 40; ++lines) {
+        INFO("corpus line " << lines + 1);
+        CHECK(tok->encode(line) == enc.encode(line));  // the trainer's encoder and the pipeline's agree
+    }
+
+    ::setenv("IDAMOE_DEMO_DIR", t.str().c_str(), 1);
+    const fs::path cfg_dir = fs::path(IDAMOE_TEST_FIXTURES).parent_path().parent_path() / "configs/demo";
+    for (const char * stage : {"stage1.yaml", "stage2.yaml", "stage3.yaml", "stage3_linear_aux.yaml"}) {
+        INFO("config " << stage);
+        auto cfg = idamoe::core::load_config((cfg_dir / stage).string());
+        CHECK(cfg.model.llm_path == t.str("models/tiny-qwen2"));
+        CHECK(idamoe::data::image_tokens_for(cfg) == 16);
+        std::ostringstream os;
+        const int64_t mismatches = idamoe::data::inspect_samples(cfg, 100000, os);
+        const std::string report = os.str();
+        INFO(report.substr(0, 1500));
+        CHECK(mismatches == 0);
+        CHECK(report.find("problems:") == std::string::npos);
+        CHECK(report.find("trained=0 ") == std::string::npos);  // every sample trains some tokens
+        CHECK(report.find("<image×16>") != std::string::npos);  // 16 patch tokens per image
+    }
+    ::unsetenv("IDAMOE_DEMO_DIR");
+}
+
+TEST_CASE("eval: LLaVA question JSONL in, answers JSONL and per-category accuracy out", "[demo]") {
+    TempDir t;
+    REQUIRE(run(gen_cmd(t.str("d"), 2)) == 0);
+    auto qs = idamoe::train::load_eval_questions(t.str("d/eval_questions.jsonl"));
+    REQUIRE(qs.size() == 24);
+    CHECK(qs[5].question_id == 5);
+    CHECK(qs[5].category == "largest");
+
+    CHECK(idamoe::train::normalize_answer("  Red.\n") == "red");
+    CHECK(idamoe::train::normalize_answer("yes<|endoftext|>") == "yes");
+    CHECK(idamoe::train::normalize_answer("Left\nbecause ...") == "left");
+
+    const std::string prompt = idamoe::train::eval_prompt("moe_llava", qs[0]);
+    CHECK(prompt.rfind("A chat between", 0) == 0);
+    CHECK(prompt.find(" USER: <image>\n" + qs[0].text + " ASSISTANT:") != std::string::npos);
+
+    // An oracle that reads the answer from the image path proves the plumbing: 100 %.
+    std::map<std::string, std::string> truth;
+    for (const auto & q : qs) truth[(fs::path(t.str("d/images")) / q.image).string()] = q.answer;
+    int64_t calls = 0;
+    auto oracle = [&](const std::string & p, const std::string & image) {
+        ++calls;
+        CHECK(p.find("<image>") != std::string::npos);
+        REQUIRE(fs::exists(image));
+        return " " + truth.at(image) + ".<|endoftext|>";
+    };
+    auto answers = idamoe::train::run_eval(qs, "moe_llava", t.str("d/images"), oracle);
+    CHECK(calls == 24);
+    CHECK(answers[3].text == qs[3].answer + ".");
+    auto s = idamoe::train::score_answers(answers);
+    CHECK(s.at("all").correct == 24);
+    CHECK(s.at("colour").total == 4);
+
+    // A constant "yes" scores exactly the share of "yes" answers.
+    auto yes = idamoe::train::run_eval(qs, "moe_llava", t.str("d/images"), [](const std::string &, const std::string &) { return std::string("Yes"); }, 12);
+    REQUIRE(yes.size() == 12);
+    int64_t n_yes = 0;
+    for (size_t i = 0; i < 12; ++i) n_yes += qs[i].answer == "yes";
+    auto sy = idamoe::train::score_answers(yes);
+    CHECK(sy.at("all").correct == n_yes);
+    CHECK(sy.at("all").total == 12);
+    CHECK(sy.at("presence").correct == n_yes);  // only presence questions have yes/no answers
+
+    idamoe::train::write_answers_jsonl(t.str("answers.jsonl"), answers, "oracle");
+    std::ifstream in(t.str("answers.jsonl"));
+    std::string first;
+    std::getline(in, first);
+    json a0 = json::parse(first);
+    CHECK(a0.at("question_id") == 0);
+    CHECK(a0.at("model_id") == "oracle");
+    CHECK(a0.at("text") == qs[0].answer + ".");
+
+    auto rec = idamoe::train::routing_record(7, 2, torch::tensor({0.25f, 0.75f, 1.0f, 0.0f}).view({2, 2}), {"a", "b"});
+    CHECK(rec.at("probs")[0][1] == 0.75);
+    CHECK(rec.at("layer") == 2);
+    CHECK_THROWS(idamoe::train::routing_record(7, 2, torch::zeros({2, 2}), {"only one"}));
+
+    idamoe::test::write_text(t.str("bad.jsonl"), "{\"question_id\": 1, \"text\": \"q\"}\nnot json\n");
+    CHECK_THROWS_WITH(idamoe::train::load_eval_questions(t.str("bad.jsonl")), Catch::Contains("bad.jsonl:2"));
+}
