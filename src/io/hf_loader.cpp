@@ -65,7 +65,9 @@ LoadReport load_state_strict(torch::nn::Module & module, const TensorMap & state
     std::map<std::string, std::pair<std::string, torch::Tensor>> incoming;  // module name → (raw key, tensor)
     std::vector<std::string> unexpected, mismatched;
     std::set<std::string> mismatched_names;
-    for (const auto & [raw, t] : state) {
+    for (const auto & entry : state) {
+        const std::string & raw = entry.first;  // named, not a structured binding: clang 14 cannot capture those
+        const torch::Tensor & t = entry.second;
         const bool ignored = std::any_of(options.ignore_prefixes.begin(), options.ignore_prefixes.end(),
                                          [&](const std::string & p) { return starts_with(raw, p); });
         std::string name = raw;
