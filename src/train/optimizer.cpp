@@ -9,7 +9,7 @@ namespace idamoe::train {
 bool is_no_decay(const std::string & name, const torch::Tensor & param) {
     if (param.dim() < 2) return true;
     // GMM router statistics of IDA-MoE (means [E*C, d] is 2-D but must not shrink towards 0).
-    static const char * kNoDecay[] = {"norm", "layernorm", "ln_", "means", "vars", "mix_logits", "bias"};
+    static const char * kNoDecay[] = {"norm", "layernorm", "ln_", "means", "vars", "var_raw", "mix_logits", "bias"};
     for (const char * pat : kNoDecay)
         if (name.find(pat) != std::string::npos) return true;
     return false;
