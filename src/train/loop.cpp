@@ -125,6 +125,7 @@ RunResult run_training(TrainTask & task, const core::Config & cfg, const LoopOpt
     res.start_step = step;
 
     auto save = [&](bool final_save) {
+        if (!opt.checkpoints) return;
         std::string path;
         if (dist.is_main()) {
             io::CheckpointData ck;
@@ -234,7 +235,10 @@ RunResult run_training(TrainTask & task, const core::Config & cfg, const LoopOpt
         res.tokens.push_back(tokens);
         res.step_flops.push_back(flops);
 
-        if (dist.is_main() && (step % std::max<int64_t>(1, tc.log_every) == 0 || step == opt.total_steps)) {
+        const bool log_now = step % std::max<int64_t>(1, tc.log_every) == 0 || step == opt.total_steps;
+        if (log_now && dist.sum_tensor)  // collective: every rank, before rank 0 computes CV from global counts
+            for (auto & kv : counts) kv.second = dist.sum_tensor(kv.second);
+        if (dist.is_main() && log_now) {
             StepRecord rec;
             rec.step = step;
             rec.total_steps = opt.total_steps;

@@ -63,6 +63,7 @@ struct DistHooks {
     std::function<void(bool sync)> prepare;          // before each micro-step's backward (GradReducer::prepare)
     std::function<void()> finalize;                  // after the last backward (GradReducer::finalize)
     std::function<double(double)> sum;               // all-reduce sum of a scalar
+    std::function<torch::Tensor(const torch::Tensor &)> sum_tensor;  // all-reduce sum of a small tensor (expert counts)
     std::function<void()> barrier;
     bool is_main() const { return rank == 0; }
 };
@@ -72,6 +73,7 @@ struct LoopOptions {
     int64_t total_steps = 1;                         // schedule length (stop_after does not change it)
     const FlopModel * flops = nullptr;
     std::string device_name = "cpu";
+    bool checkpoints = true;                         // false: never save (bench)
     DistHooks dist;
 };
 

@@ -9,6 +9,8 @@
 
 #include <fstream>
 #include <sstream>
+#include <filesystem>
+namespace fs = std::filesystem;
 
 using namespace idamoe::train;
 
@@ -181,4 +183,32 @@ TEST_CASE("train: routing metrics (CV, entropy, load) and JSONL records", "[trai
     CHECK_THAT(rec.console_line(), Catch::Contains("MFU 50.0%"));
     CHECK(ProgressBar::format_eta(3725) == "1:02:05");
     CHECK(ProgressBar::format_eta(65) == "01:05");
+}
+
+#include "io/checkpoint.h"
+#include "train/export.h"
+
+TEST_CASE("train: HF export writes shards + index, config and tokenizer files; init_from resolves it", "[train]") {
+    idamoe::test::TempDir dir;
+    idamoe::test::write_text(dir.str("base/tokenizer.json"), "{\"tok\": 1}");
+    idamoe::io::TensorMap w;
+    torch::manual_seed(0);
+    w["model.embed_tokens.weight"] = torch::randn({64, 8});
+    w["model.layers.0.mlp.experts.0.up_proj.weight"] = torch::randn({16, 8});
+    w["lm_head.weight"] = torch::randn({64, 8});
+    nlohmann::json cfg = {{"model_type", "qwen2"}, {"idamoe", {{"stage", 3}}}};
+    const std::string out = export_hf_dir(dir.str("run/hf"), w, cfg, dir.str("base"), /*shard_bytes=*/2100);
+    CHECK(fs::exists(out + "/tokenizer.json"));
+    CHECK(!fs::exists(dir.str("run/hf.tmp")));
+    auto index = nlohmann::json::parse(std::ifstream(out + "/model.safetensors.index.json"));
+    CHECK(index["weight_map"].size() == 3);
+    CHECK(index["weight_map"]["lm_head.weight"] == "model-00001-of-00003.safetensors");
+    CHECK(nlohmann::json::parse(std::ifstream(out + "/config.json"))["idamoe"]["stage"] == 3);
+    CHECK(resolve_init_dir(dir.str("run")) == out);
+    CHECK(resolve_init_dir(out) == out);
+    CHECK_THROWS_WITH(resolve_init_dir(dir.str("base")), Catch::Contains("did the previous stage finish"));
+    // One shard when everything fits.
+    const std::string one = export_hf_dir(dir.str("run2/hf"), w, cfg, "");
+    CHECK(fs::exists(one + "/model.safetensors"));
+    CHECK(!fs::exists(one + "/model.safetensors.index.json"));
 }
