@@ -2,6 +2,10 @@
 #include "train/flops.h"
 
 #include <algorithm>
+
+#if defined(IDAMOE_WITH_NCCL)
+#include <ATen/cuda/CUDAContext.h>
+#endif
 #include <set>
 
 namespace idamoe::train {
@@ -82,6 +86,13 @@ double peak_flops_for_device(const std::string & name) {
     for (const auto & e : kTable)
         if (name.find(e.pat) != std::string::npos) return e.flops;
     return 0.0;
+}
+
+std::string device_name(bool cuda, int index) {
+#if defined(IDAMOE_WITH_NCCL)
+    if (cuda) return at::cuda::getDeviceProperties(index)->name;
+#endif
+    return cuda ? "cuda" : "cpu";
 }
 
 }  // namespace idamoe::train

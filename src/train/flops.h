@@ -72,5 +72,7 @@ private:
 // Dense bf16 tensor-core peak of one device by name (H100/H200 989e12, A100 312e12, ...); 0 when unknown
 // (CPU): callers then report achieved GFLOP/s instead of MFU.
 double peak_flops_for_device(const std::string & device_name);
+// "NVIDIA H100 80GB HBM3" for a CUDA device (CUDA builds), "cpu" otherwise.
+std::string device_name(bool cuda, int index = 0);
 
 }  // namespace idamoe::train
