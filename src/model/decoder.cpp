@@ -117,7 +117,10 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor & x_BTD, const torch
 }
 
 DecoderModelImpl::DecoderModelImpl(const DecoderConfig & c) {
-    embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.hidden_size));
+    // HF builds nn.Embedding(vocab, hidden, padding_idx=pad_token_id): that row gets no gradient.
+    auto opts = torch::nn::EmbeddingOptions(c.vocab_size, c.hidden_size);
+    if (c.pad_token_id >= 0 && c.pad_token_id < c.vocab_size) opts.padding_idx(c.pad_token_id);
+    embed_tokens = register_module("embed_tokens", torch::nn::Embedding(opts));
     auto list = register_module("layers", torch::nn::ModuleList());
     for (int64_t i = 0; i < c.num_layers; ++i) {
         layers.emplace_back(c);

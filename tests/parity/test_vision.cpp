@@ -8,6 +8,8 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <sys/wait.h>
 #include <fstream>
 #include <sstream>
 
@@ -276,4 +278,44 @@ TEST_CASE("vision: vision_forward_dump writes every fixture tensor under the fix
         CHECK_THROWS_WITH(model::vision_forward_dump(f.tower, f.inputs.at("pixel_values"), {"nope"}),
                           Catch::Contains("nope"));
     }
+}
+
+TEST_CASE("vision: idamoe-forward on the vision fixtures writes the reference tensors", "[vision][cli]") {
+    const std::string bin = idamoe::test::binary_path("idamoe-forward");
+    REQUIRE(std::filesystem::exists(bin));
+    TempDir d;
+    auto run = [&](const std::string & args) {
+        const int rc = std::system((bin + " " + args + " 2> " + d.str("err.txt")).c_str());
+        std::ifstream in(d.str("err.txt"));
+        std::stringstream ss;
+        ss << in.rdbuf();
+        return std::make_pair(WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, ss.str());
+    };
+    for (const char * name : {"clip_vision", "siglip_vision"}) {
+        const std::string dir = fixture_path(std::string("hf/") + name);
+        const std::string out = d.str(std::string(name) + ".safetensors");
+        auto [rc, err] = run("--model " + dir + " --inputs " + dir + "/inputs.safetensors --out " + out +
+                             " --grad vision_model.embeddings.patch_embedding.weight"
+                             " --grad vision_model.encoder.layers.0.mlp.fc1.weight");
+        INFO(err);
+        REQUIRE(rc == 0);
+        io::TensorMap got = io::load_safetensors(out);
+        io::TensorMap ref = io::load_safetensors(dir + "/outputs.safetensors");
+        for (const auto & [key, r] : ref) {
+            if (key == "pooler_output") continue;  // pooling heads are not built (LLaVA never uses them)
+            INFO(key);
+            REQUIRE(got.count(key));
+            CHECK(close_to_ref(got.at(key), r, std::string("cli ") + name + " " + key));
+        }
+    }
+    const std::string clip = fixture_path("hf/clip_vision");
+    auto [rc1, e1] = run("--model " + clip + " --inputs " + clip + "/inputs.safetensors --out " + d.str("o") +
+                         " --grad vision_model.nope");
+    CHECK(rc1 == 1);
+    CHECK_THAT(e1, Catch::Contains("vision_model.nope"));
+    CHECK_FALSE(std::filesystem::exists(d.str("o")));
+    auto [rc2, e2] = run("--model " + clip + " --inputs " + fixture_path("hf/siglip_vision/inputs.safetensors") +
+                         " --out " + d.str("o"));
+    CHECK(rc2 == 1);
+    CHECK_THAT(e2, Catch::Contains("expected pixels [B, 3, 42, 42]"));
 }
