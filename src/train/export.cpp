@@ -52,7 +52,10 @@ std::string export_hf_dir(const std::string & out_dir, const io::TensorMap & wei
     static const char * kTokenizerFiles[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                                              "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
                                              "generation_config.json", "qwen.tiktoken"};
-    if (!tokenizer_src_dir.empty())
+    if (!tokenizer_src_dir.empty() && fs::is_regular_file(tokenizer_src_dir)) {
+        // data.tokenizer named one file (e.g. a SentencePiece .model): copy it under its own name.
+        fs::copy_file(tokenizer_src_dir, tmp / fs::path(tokenizer_src_dir).filename());
+    } else if (!tokenizer_src_dir.empty())
         for (const char * f : kTokenizerFiles)
             if (fs::exists(fs::path(tokenizer_src_dir) / f)) fs::copy_file(fs::path(tokenizer_src_dir) / f, tmp / f);
     fs::remove_all(final_dir, ec);

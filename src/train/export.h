@@ -16,6 +16,7 @@
 
 namespace idamoe::train {
 
+// tokenizer_src_dir: a model folder (its tokenizer files are copied) or one tokenizer file (copied as is).
 // Returns the folder written. shard_bytes bounds each shard (a tensor larger than it gets its own shard).
 std::string export_hf_dir(const std::string & out_dir, const io::TensorMap & weights, const nlohmann::json & config_json,
                           const std::string & tokenizer_src_dir, int64_t shard_bytes = int64_t{2} << 30);

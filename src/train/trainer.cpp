@@ -364,8 +364,7 @@ std::string export_stage(StageModel & sm, const core::Config & cfg) {
         conf["mm_vision_select_layer"] = cfg.vision.select_layer;
         conf["mm_vision_select_feature"] = cfg.vision.select_feature;
     }
-    std::string tok_dir = data::tokenizer_path(cfg);
-    if (!tok_dir.empty() && !fs::is_directory(tok_dir)) tok_dir = fs::path(tok_dir).parent_path().string();
+    const std::string tok_dir = data::tokenizer_path(cfg);
     return export_hf_dir((fs::path(cfg.train.output_dir) / "hf").string(), io::module_state(*sm.llava), conf, tok_dir);
 }
 
