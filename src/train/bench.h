@@ -1,0 +1,32 @@
+// defines: BenchOptions, run_bench — `idamoe-train bench` (training-step throughput on synthetic data)
+//
+// Builds the decoder from --model (optionally upcycled into an MoE at every other layer, and with a
+// frozen vision tower + projector whose features are prepended to each sequence), trains it on random
+// tokens through the same loop as real training (train/loop.h: AdamW, clipping, accumulation 1, no
+// checkpoints), and reports one JSON object: tokens/s, median step time, the forward/backward/
+// optimizer/data breakdown, achieved GFLOP/s (FLOP model of train/flops.h), MFU on a known GPU, peak RSS.
+// Every parameter of the decoder (experts and routers included) trains; the vision tower never does.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+
+namespace idamoe::train {
+
+struct BenchOptions {
+    std::string model_dir;
+    int64_t batch = 4, seq = 256, steps = 10, warmup = 2, threads = 0;  // threads 0 = LibTorch default
+    std::string moe;                    // "" = dense; else a router kind (ida, linear_aux, ...)
+    int64_t experts = 4, top_k = 2;
+    std::string vision_dir;
+    int64_t images = 1;                 // images per sequence when vision_dir is set
+    std::string device = "auto";
+    bool activation_checkpointing = false;
+    uint64_t seed = 0;
+};
+
+nlohmann::json run_bench(const BenchOptions & o);
+
+}  // namespace idamoe::train

@@ -1,0 +1,136 @@
+// defines: AdamW, is_no_decay, clip_grad_norm, global_grad_norm
+#include "train/optimizer.h"
+
+#include <cmath>
+#include <stdexcept>
+
+namespace idamoe::train {
+
+bool is_no_decay(const std::string & name, const torch::Tensor & param) {
+    if (param.dim() < 2) return true;
+    // GMM router statistics of IDA-MoE (means [E*C, d] is 2-D but must not shrink towards 0).
+    static const char * kNoDecay[] = {"norm", "layernorm", "ln_", "means", "vars", "var_raw", "mix_logits", "bias"};
+    for (const char * pat : kNoDecay)
+        if (name.find(pat) != std::string::npos) return true;
+    return false;
+}
+
+AdamW::AdamW(const std::vector<std::pair<std::string, torch::Tensor>> & named_params, const AdamWOptions & opts)
+    : opts_(opts) {
+    ParamGroup decay{"decay", opts.weight_decay, {}, {}};
+    ParamGroup no_decay{"no_decay", 0.0, {}, {}};
+    for (const auto & [name, p] : named_params) {
+        if (!p.requires_grad()) continue;
+        TORCH_CHECK(!by_name_.count(name), "AdamW: parameter '", name, "' given twice");
+        by_name_[name] = p;
+        ParamGroup & g = is_no_decay(name, p) ? no_decay : decay;
+        g.names.push_back(name);
+        g.params.push_back(p);
+    }
+    groups_ = {std::move(decay), std::move(no_decay)};
+}
+
+int64_t AdamW::num_params() const {
+    int64_t n = 0;
+    for (const auto & g : groups_)
+        for (const auto & p : g.params) n += p.numel();
+    return n;
+}
+
+void AdamW::step(double lr) {
+    torch::NoGradGuard no_grad;
+    const double b1 = opts_.beta1, b2 = opts_.beta2;
+    for (const auto & g : groups_) {
+        for (size_t i = 0; i < g.params.size(); ++i) {
+            torch::Tensor p = g.params[i];
+            const torch::Tensor & grad = p.grad();
+            if (!grad.defined()) continue;
+            State & s = state_[g.names[i]];
+            if (!s.exp_avg.defined()) {
+                s.exp_avg = torch::zeros_like(p, torch::MemoryFormat::Preserve);
+                s.exp_avg_sq = torch::zeros_like(p, torch::MemoryFormat::Preserve);
+            }
+            s.step += 1;
+            // Same op sequence as torch/optim/adamw.py _single_tensor_adamw (non-amsgrad, non-capturable).
+            p.mul_(1 - lr * g.weight_decay);
+            s.exp_avg.mul_(b1).add_(grad, 1 - b1);
+            s.exp_avg_sq.mul_(b2).addcmul_(grad, grad, 1 - b2);
+            const double bias_correction1 = 1 - std::pow(b1, static_cast<double>(s.step));
+            const double bias_correction2 = 1 - std::pow(b2, static_cast<double>(s.step));
+            const double step_size = lr / bias_correction1;
+            const double bias_correction2_sqrt = std::sqrt(bias_correction2);
+            torch::Tensor denom = (s.exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(opts_.eps);
+            p.addcdiv_(s.exp_avg, denom, -step_size);
+        }
+    }
+}
+
+void AdamW::zero_grad() {
+    for (auto & g : groups_)
+        for (auto & p : g.params) p.mutable_grad() = torch::Tensor();
+}
+
+std::map<std::string, torch::Tensor> AdamW::state_dict() const {
+    std::map<std::string, torch::Tensor> out;
+    for (const auto & [name, s] : state_) {
+        if (!s.exp_avg.defined()) continue;
+        out["exp_avg/" + name] = s.exp_avg;
+        out["exp_avg_sq/" + name] = s.exp_avg_sq;
+        out["step/" + name] = torch::tensor(s.step, torch::kInt64);
+    }
+    return out;
+}
+
+void AdamW::load_state_dict(const std::map<std::string, torch::Tensor> & state) {
+    std::map<std::string, State> loaded;
+    for (const auto & [key, t] : state) {
+        const auto slash = key.find('/');
+        if (slash == std::string::npos)
+            throw std::runtime_error("optimizer state: key '" + key + "' is not of the form kind/parameter");
+        const std::string kind = key.substr(0, slash), name = key.substr(slash + 1);
+        auto it = by_name_.find(name);
+        if (it == by_name_.end())
+            throw std::runtime_error("optimizer state: '" + key + "' names parameter '" + name +
+                                     "', which this run does not train (different stage or train.trainable?)");
+        const torch::Tensor & p = it->second;
+        State & s = loaded[name];
+        if (kind == "step") {
+            s.step = t.item<int64_t>();
+        } else if (kind == "exp_avg" || kind == "exp_avg_sq") {
+            if (t.sizes() != p.sizes())
+                throw std::runtime_error("optimizer state: '" + key + "' has shape " + c10::str(t.sizes()) +
+                                         " but the parameter has " + c10::str(p.sizes()));
+            torch::Tensor copy = t.to(p.device(), p.scalar_type()).clone();
+            (kind == "exp_avg" ? s.exp_avg : s.exp_avg_sq) = copy;
+        } else {
+            throw std::runtime_error("optimizer state: unknown entry kind '" + kind + "' in '" + key + "'");
+        }
+    }
+    for (const auto & [name, s] : loaded)
+        if (!s.exp_avg.defined() || !s.exp_avg_sq.defined() || s.step <= 0)
+            throw std::runtime_error("optimizer state for '" + name + "' is incomplete (needs exp_avg, exp_avg_sq, step)");
+    state_ = std::move(loaded);
+}
+
+double global_grad_norm(const std::vector<torch::Tensor> & params) {
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> norms;
+    for (const auto & p : params)
+        if (p.grad().defined()) norms.push_back(p.grad().detach().to(torch::kFloat32).norm(2));
+    if (norms.empty()) return 0.0;
+    return torch::stack(norms).norm(2).item<double>();
+}
+
+double clip_grad_norm(const std::vector<torch::Tensor> & params, double max_norm) {
+    const double norm = global_grad_norm(params);
+    if (max_norm <= 0 || !std::isfinite(norm)) return norm;
+    const double coef = max_norm / (norm + 1e-6);
+    if (coef < 1.0) {
+        torch::NoGradGuard no_grad;
+        for (const auto & p : params)
+            if (p.grad().defined()) p.grad().mul_(coef);
+    }
+    return norm;
+}
+
+}  // namespace idamoe::train

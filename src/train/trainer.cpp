@@ -1,0 +1,439 @@
+// defines: run_stage (and its pieces: stage model construction, LlavaTask, loader source, export)
+//
+// Legend: B batch, T tokens, I images.
+#include "train/trainer.h"
+
+#include "data/dataset.h"
+#include "data/loader.h"
+#include "data/pipeline.h"
+#include "data/tokenizer.h"
+#include "dist/comm.h"
+#include "dist/global.h"
+#include "dist/grad_reducer.h"
+#include "dist/launch_env.h"
+#include "io/checkpoint.h"
+#include "io/hf_loader.h"
+#include "model/llava.h"
+#include "moe/moe_layer.h"
+#include "train/export.h"
+#include "train/flops.h"
+#include "train/loop.h"
+#include "train/schedule.h"
+#include "train/stages.h"
+
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+#include <fstream>
+
+namespace fs = std::filesystem;
+
+namespace idamoe::train {
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------------
+// Model construction per stage
+
+moe::MoeLayerConfig layer_config(const core::MoeConfig & m, const model::DecoderConfig & dc, int64_t layer, uint64_t seed) {
+    moe::MoeLayerConfig c;
+    c.layer_index = layer;
+    c.d_model = dc.hidden_size;
+    c.d_ff = dc.intermediate_size;
+    c.router = m.router;
+    c.num_experts = m.num_experts;
+    c.top_k = m.top_k;
+    c.latent_dim = m.latent_dim;
+    c.centers_per_expert = m.centers_per_expert;
+    c.alpha = m.alpha;
+    c.beta = m.beta;
+    c.reactivation = m.reactivation;
+    c.variance_floor = m.variance_floor;
+    c.ae_hidden = m.ae_hidden;
+    c.distinct_experts = m.distinct_experts;
+    c.capacity_factor = m.capacity_factor;
+    c.aux_coef = m.aux_coef;
+    c.z_loss_coef = m.z_loss_coef;
+    c.num_shared_experts = m.num_shared_experts;
+    c.bias_update_rate = m.bias_update_rate;
+    c.seed = seed;
+    return c;
+}
+
+nlohmann::json moe_json(const core::MoeConfig & m) {
+    return {{"router", m.router}, {"num_experts", m.num_experts}, {"top_k", m.top_k}, {"latent_dim", m.latent_dim},
+            {"centers_per_expert", m.centers_per_expert}, {"alpha", m.alpha}, {"beta", m.beta},
+            {"reactivation", m.reactivation}, {"variance_floor", m.variance_floor}, {"ae_hidden", m.ae_hidden},
+            {"distinct_experts", m.distinct_experts}, {"capacity_factor", m.capacity_factor}, {"aux_coef", m.aux_coef},
+            {"z_loss_coef", m.z_loss_coef}, {"num_shared_experts", m.num_shared_experts},
+            {"bias_update_rate", m.bias_update_rate}};
+}
+
+core::MoeConfig moe_from_json(const nlohmann::json & j) {
+    core::MoeConfig m;
+    m.router = j.value("router", m.router);
+    m.num_experts = j.value("num_experts", m.num_experts);
+    m.top_k = j.value("top_k", m.top_k);
+    m.latent_dim = j.value("latent_dim", m.latent_dim);
+    m.centers_per_expert = j.value("centers_per_expert", m.centers_per_expert);
+    m.alpha = j.value("alpha", m.alpha);
+    m.beta = j.value("beta", m.beta);
+    m.reactivation = j.value("reactivation", m.reactivation);
+    m.variance_floor = j.value("variance_floor", m.variance_floor);
+    m.ae_hidden = j.value("ae_hidden", m.ae_hidden);
+    m.distinct_experts = j.value("distinct_experts", m.distinct_experts);
+    m.capacity_factor = j.value("capacity_factor", m.capacity_factor);
+    m.aux_coef = j.value("aux_coef", m.aux_coef);
+    m.z_loss_coef = j.value("z_loss_coef", m.z_loss_coef);
+    m.num_shared_experts = j.value("num_shared_experts", m.num_shared_experts);
+    m.bias_update_rate = j.value("bias_update_rate", m.bias_update_rate);
+    return m;
+}
+
+nlohmann::json read_json(const std::string & path) {
+    std::ifstream in(path);
+    if (!in) throw std::runtime_error("cannot read " + path);
+    return nlohmann::json::parse(in);
+}
+
+model::LlavaModel make_llava(model::CausalLM llm, const core::Config & cfg, const model::DecoderConfig & dc,
+                             const std::string & config_path) {
+    model::VisionTower tower{nullptr};
+    model::Projector projector{nullptr};
+    if (!cfg.vision.path.empty()) {
+        tower = model::build_vision_tower(cfg.vision.path);
+        for (auto & p : tower->parameters()) p.set_requires_grad(false);
+        model::ProjectorConfig pc;
+        pc.type = cfg.projector.type;
+        pc.d_vision = tower->hidden_size();
+        pc.d_model = dc.hidden_size;
+        projector = model::Projector(pc, static_cast<uint64_t>(cfg.train.seed));
+    }
+    return model::LlavaModel(llm, tower, projector, cfg.vision.select_layer, cfg.vision.select_feature, config_path);
+}
+
+}  // namespace
+
+StageModel load_stage_export(const std::string & dir, const core::Config & cfg) {
+    StageModel sm;
+    sm.init_dir = dir;
+    const std::string cfg_path = (fs::path(dir) / "config.json").string();
+    sm.base_config = read_json(cfg_path);
+    const nlohmann::json info = sm.base_config.value("idamoe", nlohmann::json::object());
+    sm.from_stage = info.value("stage", int64_t{0});
+    if (sm.from_stage == 0) throw core::ConfigError(cfg_path + " is not an idamoe stage output (no idamoe.stage)");
+    sm.base_config.erase("idamoe");
+    sm.base_config.erase("moe");
+    model::CausalLM llm(model::decoder_config_from_json(sm.base_config, cfg_path));
+    sm.dc = llm->config();
+    // Rebuild the FFN slots the export holds, then load every tensor strictly by name.
+    sm.moe_cfg = moe_from_json(info.value("moe", nlohmann::json::object()));
+    sm.router_layers = info.value("router_layers", std::vector<int64_t>{});
+    sm.moe_layers = info.value("moe_layers", std::vector<int64_t>{});
+    const auto seed = static_cast<uint64_t>(cfg.train.seed);
+    for (int64_t l : sm.router_layers) llm->set_ffn(l, moe::attach_router_warmup(llm->ffn(l), layer_config(sm.moe_cfg, sm.dc, l, seed)));
+    for (int64_t l : sm.moe_layers) llm->set_ffn(l, moe::upcycle(llm->ffn(l), layer_config(sm.moe_cfg, sm.dc, l, seed)));
+    sm.llava = make_llava(llm, cfg, sm.dc, cfg_path);
+    io::load_state_strict(*sm.llava, io::load_checkpoint_dir(dir), dir);
+    return sm;
+}
+
+StageModel build_stage_model(const core::Config & cfg) {
+    const int64_t stage = cfg.train.stage;
+    StageModel sm;
+    if (stage == 1) {
+        model::CausalLM llm = io::load_causal_lm(cfg.model.llm_path);
+        sm.dc = llm->config();
+        sm.base_config = read_json((fs::path(cfg.model.llm_path) / "config.json").string());
+        sm.llava = make_llava(llm, cfg, sm.dc, (fs::path(cfg.model.llm_path) / "config.json").string());
+    } else {
+        std::string dir;
+        try {
+            dir = resolve_init_dir(cfg.train.init_from);
+        } catch (const std::exception & e) {
+            throw core::ConfigError(std::string("stage ") + std::to_string(stage) + ": " + e.what());
+        }
+        const int64_t prev = read_json((fs::path(dir) / "config.json").string()).value("idamoe", nlohmann::json::object()).value("stage", int64_t{0});
+        if (prev != stage - 1)
+            throw core::ConfigError("stage " + std::to_string(stage) + " starts from a stage-" + std::to_string(stage - 1) +
+                                    " output, but train.init_from (" + cfg.train.init_from + " -> " + dir + ") " +
+                                    (prev == 0 ? std::string("is not an idamoe stage output (no idamoe.stage in config.json)")
+                                               : "holds a stage-" + std::to_string(prev) + " output") +
+                                    "; point train.init_from at the stage-" + std::to_string(stage - 1) + " run's output_dir");
+        sm = load_stage_export(dir, cfg);
+    }
+    model::CausalLM & llm = sm.llava->llm();
+    const auto layers = core::resolve_moe_layers(cfg.moe.layers, sm.dc.num_layers);
+    const auto seed = static_cast<uint64_t>(cfg.train.seed);
+    if (stage == 2 && cfg.moe.router == "ida") {
+        // IDA-MoE: the GMM router warms up on the dense model's hidden states before upcycling.
+        for (int64_t l : layers) llm->set_ffn(l, moe::attach_router_warmup(llm->ffn(l), layer_config(cfg.moe, sm.dc, l, seed)));
+        sm.router_layers = layers;
+        sm.moe_cfg = cfg.moe;
+    } else if (stage == 3) {
+        if (!sm.router_layers.empty() && sm.router_layers != layers)
+            throw core::ConfigError("stage 3: moe.layers resolves to " + nlohmann::json(layers).dump() +
+                                    " but the stage-2 routers warmed up at " + nlohmann::json(sm.router_layers).dump());
+        if (!sm.router_layers.empty() && sm.moe_cfg.router != cfg.moe.router)
+            throw core::ConfigError("stage 3: moe.router is " + cfg.moe.router + " but stage 2 warmed up a " + sm.moe_cfg.router + " router");
+        for (int64_t l : layers) llm->set_ffn(l, moe::upcycle(llm->ffn(l), layer_config(cfg.moe, sm.dc, l, seed)));
+        sm.router_layers.clear();
+        sm.moe_layers = layers;
+        sm.moe_cfg = cfg.moe;
+    }
+    return sm;
+}
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------------
+// Data
+
+class LoaderSource : public BatchSource {
+public:
+    LoaderSource(const core::Config & cfg, int64_t rank, int64_t world) {
+        ds_ = std::make_shared<data::LlavaDataset>(cfg.data.train, cfg.data.template_name, cfg.data.max_bad_fraction);
+        tok_ = data::load_tokenizer(data::tokenizer_path(cfg));
+        loader_ = std::make_unique<data::DataLoader>(ds_, tok_, data::loader_options(cfg, rank, world));
+        per_epoch_ = std::max<int64_t>(1, loader_->batches_per_epoch());
+    }
+    data::Batch next() override { return loader_->next(); }
+    double epoch() const override {
+        const auto p = loader_->position();
+        return static_cast<double>(p.epoch) + static_cast<double>(p.offset) / static_cast<double>(per_epoch_);
+    }
+    nlohmann::json state() const override { return loader_->state(); }
+    void load_state(const nlohmann::json & s) override { loader_->load_state(s); }
+    int64_t num_samples() const override { return static_cast<int64_t>(ds_->size()); }
+
+private:
+    std::shared_ptr<data::LlavaDataset> ds_;
+    std::shared_ptr<data::Tokenizer> tok_;
+    std::unique_ptr<data::DataLoader> loader_;
+    int64_t per_epoch_ = 1;
+};
+
+// ---------------------------------------------------------------------------------------------------
+// The task the loop trains
+
+class LlavaTask : public TrainTask {
+public:
+    LlavaTask(StageModel & sm, BatchSource & src, torch::Device device) : sm_(sm), src_(src), device_(device) {}
+
+    int64_t load_micro_batch(int64_t i) override {
+        if (static_cast<int64_t>(slots_.size()) <= i) slots_.resize(static_cast<size_t>(i) + 1);
+        slots_[static_cast<size_t>(i)] = src_.next();
+        return slots_[static_cast<size_t>(i)].n_target_tokens;
+    }
+
+    MicroBatchResult forward(int64_t i) override {
+        const data::Batch & b = slots_[static_cast<size_t>(i)];
+        auto ids_BT = b.input_ids.to(device_), mask_BT = b.attention_mask.to(device_), labels_BT = b.labels.to(device_);
+        torch::Tensor images_ICHW = b.images.defined() ? b.images.to(device_) : torch::Tensor();
+        model::LlavaOutput out = sm_.llava->forward(ids_BT, mask_BT, images_ICHW);
+        MicroBatchResult r;
+        auto ls = model::causal_lm_loss_sum(out.logits_BTV, labels_BT.masked_fill(ids_BT == model::kImageTokenId, model::kIgnoreIndex));
+        r.ce_sum = ls.sum;
+        r.aux_loss = out.aux_loss;
+        std::vector<int64_t> slots = sm_.moe_layers.empty() ? sm_.router_layers : sm_.moe_layers;
+        for (int64_t l : slots) {
+            const model::FfnAux * aux = sm_.llava->llm()->ffn(l)->aux();
+            if (!aux) continue;
+            for (const auto & [k, v] : aux->parts)
+                if (v.defined()) r.parts[k] += v.detach().item<double>();
+            if (aux->counts_E.defined()) r.counts_E[l] = aux->counts_E.detach();
+            if (aux->entropy.defined()) r.entropy[l] = aux->entropy.detach();
+        }
+        auto lens = b.attention_mask.sum(1);
+        r.n_tokens = lens.sum().item<int64_t>();
+        for (int64_t k = 0; k < lens.size(0); ++k) r.shape.seq_lens.push_back(lens[k].item<int64_t>());
+        r.shape.n_images = b.images.defined() ? b.images.size(0) : 0;
+        r.shape.n_image_tokens = (b.input_ids == model::kImageTokenId).sum().item<int64_t>();
+        return r;
+    }
+
+    double epoch() const override { return src_.epoch(); }
+    nlohmann::json data_state() const override { return src_.state(); }
+    void restore_data_state(const nlohmann::json & s) override { src_.load_state(s); }
+
+    std::vector<std::pair<std::string, torch::Tensor>> named_parameters() override {
+        std::vector<std::pair<std::string, torch::Tensor>> out;
+        for (auto & p : sm_.llava->named_parameters()) out.emplace_back(p.key(), p.value());
+        return out;
+    }
+    // Trainable weights plus every buffer (router RNG counters, aux-free biases): both change in training.
+    io::TensorMap checkpoint_weights() override {
+        io::TensorMap out = TrainTask::checkpoint_weights();
+        for (auto & b : sm_.llava->named_buffers()) out["buffer/" + b.key()] = b.value().detach();
+        return out;
+    }
+    void load_checkpoint_weights(const io::TensorMap & weights) override {
+        io::TensorMap params;
+        std::map<std::string, torch::Tensor> buffers;
+        for (auto & b : sm_.llava->named_buffers()) buffers[b.key()] = b.value();
+        torch::NoGradGuard no_grad;
+        for (const auto & [k, v] : weights) {
+            if (k.rfind("buffer/", 0) == 0) {
+                auto it = buffers.find(k.substr(7));
+                if (it == buffers.end()) throw io::CheckpointError("checkpoint buffer '" + k.substr(7) + "' does not exist in this model");
+                it->second.copy_(v);
+            } else {
+                params[k] = v;
+            }
+        }
+        TrainTask::load_checkpoint_weights(params);
+    }
+    nlohmann::json checkpoint_info() const override {
+        return {{"init_from", sm_.init_dir}, {"moe_layers", sm_.moe_layers}, {"router_layers", sm_.router_layers}};
+    }
+
+private:
+    StageModel & sm_;
+    BatchSource & src_;
+    torch::Device device_;
+    std::vector<data::Batch> slots_;
+};
+
+FlopModel make_flop_model(StageModel & sm, const core::Config & cfg) {
+    const auto & d = sm.dc;
+    DecoderShape dec{d.num_layers, d.hidden_size, d.intermediate_size, d.vocab_size, d.num_heads, d.num_kv_heads, d.head_dim};
+    MoeShape moe;
+    moe.layers = sm.moe_layers;
+    moe.top_k = sm.moe_cfg.top_k;
+    moe.n_shared = sm.moe_cfg.router == "deepseek" ? sm.moe_cfg.num_shared_experts : 0;
+    if (!sm.moe_layers.empty()) {
+        int64_t n = 0;
+        for (auto & p : sm.llava->llm()->ffn(sm.moe_layers.front())->named_parameters())
+            if (classify_param("model.layers.0.mlp." + p.key()) == ParamKind::router && p.value().dim() == 2) n += p.value().numel();
+        moe.router_params = n;
+    }
+    VisionShape vis;
+    if (sm.llava->has_vision()) {
+        const auto & vc = sm.llava->vision_tower()->config();
+        vis.present = true;
+        vis.n_layer_run = cfg.vision.select_layer < 0 ? vc.n_layer + 1 + cfg.vision.select_layer : cfg.vision.select_layer;
+        vis.d = vc.d_model;
+        vis.d_mlp = vc.d_ff;
+        vis.patch = vc.patch_size;
+        vis.channels = vc.n_channel;
+        vis.n_patches = vc.n_patch();
+        vis.cls_token = vc.has_cls();
+        int64_t n = 0;
+        for (auto & p : sm.llava->projector()->parameters())
+            if (p.dim() == 2) n += p.numel();
+        vis.proj_params = n;
+    }
+    TrainableParts parts;
+    for (auto & p : sm.llava->named_parameters()) {
+        if (!p.value().requires_grad()) continue;
+        switch (classify_param(p.key())) {
+            case ParamKind::projector: parts.projector = true; break;
+            case ParamKind::embed: parts.embed = true; break;
+            case ParamKind::attention: parts.attention = true; break;
+            case ParamKind::ffn: case ParamKind::expert: parts.ffn = true; break;
+            case ParamKind::router: parts.router = true; break;
+            case ParamKind::lm_head: parts.lm_head = true; break;
+            default: break;
+        }
+    }
+    if (d.tie_word_embeddings) parts.lm_head = parts.lm_head || parts.embed;
+    return FlopModel(dec, moe, vis, parts);
+}
+
+std::string export_stage(StageModel & sm, const core::Config & cfg) {
+    nlohmann::json conf = sm.base_config;
+    nlohmann::json info = {{"stage", cfg.train.stage}, {"format", 1},
+                           {"vision", {{"path", cfg.vision.path}, {"select_layer", cfg.vision.select_layer},
+                                       {"select_feature", cfg.vision.select_feature}}},
+                           {"projector", cfg.projector.type}};
+    if (!sm.router_layers.empty() || !sm.moe_layers.empty()) info["moe"] = moe_json(sm.moe_cfg);
+    if (!sm.router_layers.empty()) info["router_layers"] = sm.router_layers;
+    if (!sm.moe_layers.empty()) {
+        info["moe_layers"] = sm.moe_layers;
+        // MoE-LLaVA's config.moe block (moe_llava_protocol.md §3.5), for readers of that format.
+        conf["moe"] = {{"moe_enable", true}, {"moe_mode", cfg.moe.layers}, {"moe_layers_idx", sm.moe_layers},
+                       {"ep_size", 1}, {"top_k_experts", sm.moe_cfg.top_k},
+                       {"capacity_factor", sm.moe_cfg.capacity_factor}, {"router_aux_loss_coef", sm.moe_cfg.aux_coef},
+                       {"num_experts", std::vector<int64_t>(sm.moe_layers.size(), sm.moe_cfg.num_experts)}};
+    }
+    conf["idamoe"] = info;
+    if (sm.llava->has_vision()) {
+        conf["mm_vision_tower"] = cfg.vision.path;
+        conf["mm_projector_type"] = cfg.projector.type;
+        conf["mm_hidden_size"] = sm.llava->vision_tower()->hidden_size();
+        conf["mm_vision_select_layer"] = cfg.vision.select_layer;
+        conf["mm_vision_select_feature"] = cfg.vision.select_feature;
+    }
+    const std::string tok_dir = data::tokenizer_path(cfg);
+    return export_hf_dir((fs::path(cfg.train.output_dir) / "hf").string(), io::module_state(*sm.llava), conf, tok_dir);
+}
+
+torch::Device pick_device(const core::Config & cfg, int local_rank) {
+    const bool cuda = torch::cuda::is_available();
+    if (cfg.model.device == "cuda" && !cuda) throw core::ConfigError("model.device is cuda but no CUDA device is visible");
+    if (cfg.model.device == "cuda" || (cfg.model.device == "auto" && cuda))
+        return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(local_rank));
+    return torch::Device(torch::kCPU);
+}
+
+}  // namespace
+
+StageRun run_stage(const core::Config & cfg, const std::string & resume, std::unique_ptr<BatchSource> source) {
+    const dist::LaunchEnv env = dist::read_launch_env();
+    std::unique_ptr<dist::Comm> comm;
+    if (env.distributed()) {
+        comm = std::make_unique<dist::Comm>(cfg.dist, env);
+        dist::check_same_config(*comm, dist::config_hash(core::config_to_yaml(cfg)));
+    }
+    const torch::Device device = pick_device(cfg, env.local_rank);
+    torch::manual_seed(static_cast<uint64_t>(cfg.train.seed));
+
+    StageModel sm = build_stage_model(cfg);
+    const TrainableSummary summary = apply_stage_rules(*sm.llava, cfg.train.stage, cfg.train.trainable);
+    spdlog::info("stage {}: {}", cfg.train.stage, summary.to_string());
+    if (cfg.model.activation_checkpointing) sm.llava->llm()->set_checkpointing(true);
+    sm.llava->to(device);
+    sm.llava->train(true);
+
+    if (!source) source = std::make_unique<LoaderSource>(cfg, env.rank, env.world_size);
+    const int64_t total = total_optimizer_steps(source->num_samples(), cfg.data.batch_size, env.world_size,
+                                                cfg.data.grad_accum, cfg.train.epochs, cfg.train.max_steps);
+    LlavaTask task(sm, *source, device);
+    const FlopModel flops = make_flop_model(sm, cfg);
+
+    LoopOptions opt;
+    opt.resume = resume;
+    opt.total_steps = total;
+    opt.flops = &flops;
+    opt.device_name = device_name(device.is_cuda(), device.is_cuda() ? device.index() : 0);
+    std::unique_ptr<dist::GradReducer> reducer;
+    if (comm) {
+        std::vector<torch::Tensor> params;
+        for (auto & p : sm.llava->parameters()) params.push_back(p);
+        reducer = std::make_unique<dist::GradReducer>(params, *comm, static_cast<size_t>(cfg.dist.bucket_mb) << 20, cfg.dist.overlap);
+        opt.dist.rank = comm->rank();
+        opt.dist.world_size = comm->world_size();
+        opt.dist.prepare = [&](bool sync) { reducer->prepare(sync); };
+        opt.dist.finalize = [&]() { reducer->finalize(); };
+        opt.dist.sum = [&](double v) { return dist::all_reduce_sum(*comm, std::vector<double>{v})[0]; };
+        opt.dist.sum_tensor = [&](const torch::Tensor & t) { return dist::all_reduce_sum(*comm, t); };
+        opt.dist.barrier = [&]() { comm->barrier("checkpoint"); };
+    }
+    spdlog::info("stage {}: {} optimizer steps (batch {} x grad_accum {} x world {}), device {}", cfg.train.stage, total,
+                 cfg.data.batch_size, cfg.data.grad_accum, env.world_size, opt.device_name);
+
+    StageRun run;
+    RunResult res = run_training(task, cfg, opt);
+    run.end_step = res.end_step;
+    run.total_steps = total;
+    run.stop_reason = res.stop_reason;
+    run.losses = res.losses;
+    if (res.stop_reason == "done" && env.rank == 0) {
+        run.export_dir = export_stage(sm, cfg);
+        spdlog::info("stage {} finished: exported {}", cfg.train.stage, run.export_dir);
+    }
+    if (comm) comm->barrier("end of stage");
+    return run;
+}
+
+}  // namespace idamoe::train
