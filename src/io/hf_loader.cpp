@@ -3,6 +3,7 @@
 #include "io/hf_loader.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -27,6 +28,16 @@ std::string list(const std::vector<std::string> & names, size_t cap = 40) {
     for (size_t i = 0; i < names.size() && i < cap; ++i) o << "\n    " << names[i];
     if (names.size() > cap) o << "\n    ... and " << (names.size() - cap) << " more";
     return o.str();
+}
+
+// The file (or index) load_checkpoint_dir reads in `dir`, for error messages.
+std::string checkpoint_name(const std::string & dir) {
+    for (const char * f : {"model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                           "pytorch_model.bin.index.json"}) {
+        const auto p = std::filesystem::path(dir) / f;
+        if (std::filesystem::exists(p)) return p.string();
+    }
+    return dir;
 }
 
 }  // namespace
@@ -115,6 +126,16 @@ LoadReport load_state_strict(torch::nn::Module & module, const TensorMap & state
         report.loaded.push_back(name);
     }
     return report;
+}
+
+model::CausalLM load_causal_lm(const std::string & dir, torch::ScalarType dtype) {
+    const model::DecoderConfig cfg = model::decoder_config_from_json(dir);
+    model::CausalLM lm(cfg);
+    lm->to(dtype);
+    LoadOptions opt;
+    if (cfg.tie_word_embeddings) opt.ignore_prefixes.push_back("lm_head.");
+    load_state_strict(*lm, load_checkpoint_dir(dir), checkpoint_name(dir), opt);
+    return lm;
 }
 
 }  // namespace idamoe::io

@@ -1,4 +1,4 @@
-// defines: LoadOptions, LoadReport, load_state_strict
+// defines: LoadOptions, LoadReport, load_state_strict, module_state, load_causal_lm
 //
 // Strict name-for-name loading of a checkpoint (TensorMap) into a module whose parameter and
 // buffer names equal the checkpoint keys (issue 3: "every checkpoint tensor is consumed and every
@@ -8,6 +8,7 @@
 #pragma once
 
 #include "io/safetensors.h"
+#include "model/decoder.h"
 
 #include <torch/torch.h>
 
@@ -47,5 +48,10 @@ LoadReport load_state_strict(torch::nn::Module & module, const TensorMap & state
 
 // The module's parameters and buffers by name (what a checkpoint of it contains), detached.
 TensorMap module_state(const torch::nn::Module & module);
+
+// A Qwen2 / StableLM causal LM from a Hugging Face model directory: config.json (model_type checked)
+// plus its checkpoint (load_checkpoint_dir), loaded strictly and converted to `dtype`. When the
+// embeddings are tied an lm_head.weight in the file is ignored (HF's rule: the embedding is used).
+model::CausalLM load_causal_lm(const std::string & dir, torch::ScalarType dtype = torch::kFloat32);
 
 }  // namespace idamoe::io
