@@ -15,6 +15,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <sys/wait.h>
 
 using namespace idamoe;
 using idamoe::test::fixture_path;
@@ -384,4 +386,75 @@ TEST_CASE("decoders: strict loading of HF checkpoints and their failure modes", 
     fs::resize_file(d.str("trunc/model.safetensors"), fs::file_size(d.str("trunc/model.safetensors")) / 2);
     CHECK_THROWS_WITH(io::load_causal_lm(d.str("trunc")),
                       Catch::Contains("trunc/model.safetensors") && Catch::Contains("tensor '"));
+}
+
+namespace {
+
+// Runs a command, returning its exit status; stderr goes to `err_file`.
+int run_cmd(const std::string & cmd, const std::string & err_file) {
+    const int rc = std::system((cmd + " 2> " + err_file).c_str());
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+std::string slurp(const std::string & path) {
+    std::ifstream in(path);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+}  // namespace
+
+TEST_CASE("idamoe-forward: end to end on the LM fixtures", "[parity][decoder][cli]") {
+    const std::string bin = idamoe::test::binary_path("idamoe-forward");
+    REQUIRE(std::filesystem::exists(bin));
+    TempDir d;
+    for (const char * name : kModels) {
+        SECTION(name) {
+            const std::string dir = fixture_path(std::string("hf/") + name);
+            const std::string out = d.str("out.safetensors");
+            const int rc = run_cmd(bin + " --model " + dir + " --inputs " + dir + "/inputs.safetensors --out " + out +
+                                       " --generate 6 --grad model.embed_tokens.weight"
+                                       " --grad model.layers.0.self_attn.q_proj.weight"
+                                       " --grad model.layers.1.mlp.down_proj.weight",
+                                   d.str("err.txt"));
+            INFO(slurp(d.str("err.txt")));
+            REQUIRE(rc == 0);
+            auto got = io::load_safetensors(out);
+            auto ref = io::load_safetensors(dir + "/outputs.safetensors");
+            for (const auto & [key, r] : ref) {
+                INFO(key);
+                REQUIRE(got.count(key));
+                if (key == "greedy_ids") CHECK(torch::equal(got.at(key), r));
+                else if (key == "loss") CHECK(std::abs(got.at(key).item<double>() - r.item<double>()) <= 1e-5);
+                else check_close(std::string("cli ") + name + " " + key, got.at(key), r);
+            }
+            CHECK(torch::equal(got.at("greedy_attention_mask"), torch::ones({1, 17}, torch::kInt64)));
+        }
+    }
+    SECTION("bad inputs give one clear error and a non-zero exit") {
+        const std::string q = fixture_path("hf/qwen2");
+        const std::string in = q + "/inputs.safetensors";
+        auto run = [&](const std::string & args) {
+            const int rc = run_cmd(bin + " " + args, d.str("err.txt"));
+            return std::make_pair(rc, slurp(d.str("err.txt")));
+        };
+        auto [rc1, e1] = run("--model " + fixture_path("hf/clip_vision") + " --inputs " + in + " --out " + d.str("o"));
+        CHECK(rc1 == 1);
+        CHECK_THAT(e1, Catch::Contains("clip_vision/config.json") && Catch::Contains("model_type 'clip_vision_model'"));
+        auto [rc2, e2] = run("--model " + q + " --inputs " + in + " --out " + d.str("o") + " --grad model.nope");
+        CHECK(rc2 == 1);
+        CHECK_THAT(e2, Catch::Contains("--grad model.nope"));
+        std::filesystem::create_directories(d.str("m"));
+        std::filesystem::copy_file(q + "/config.json", d.str("m/config.json"));
+        std::filesystem::copy_file(q + "/model.safetensors", d.str("m/model.safetensors"));
+        std::filesystem::resize_file(d.str("m/model.safetensors"), 4000);
+        auto [rc3, e3] = run("--model " + d.str("m") + " --inputs " + in + " --out " + d.str("o"));
+        CHECK(rc3 == 1);
+        CHECK_THAT(e3, Catch::Contains("m/model.safetensors") && Catch::Contains("tensor '"));
+        CHECK_FALSE(std::filesystem::exists(d.str("o")));
+        // An id outside the vocabulary.
+        io::save_safetensors(d.str("bad_ids.safetensors"), {{"input_ids", torch::tensor({{1, 600}}, torch::kInt64)}});
+        auto [rc4, e4] = run("--model " + q + " --inputs " + d.str("bad_ids.safetensors") + " --out " + d.str("o"));
+        CHECK(rc4 == 1);
+        CHECK_THAT(e4, Catch::Contains("token ids must be in [0, 512)"));
+    }
 }
