@@ -7,6 +7,11 @@
 // they write logits, hidden_states.{i}, last_hidden_state, loss (with labels), grad.PARAM (with
 // --grad; needs labels), and with --generate: greedy_ids, greedy_attention_mask, cached_step_logits.
 //
+// GMM router mode (no --model): idamoe-forward --gmm PARAMS --inputs POINTS --out OUT [--top-k K]
+// evaluates one GMM set (weights [C], means [C,d], variances [C,d], expert_of_component [C]) on points
+// [n,d] through the router's own GMM code (moe::gmm_inspect, fp64) and writes log_likelihood,
+// log_weighted_prob, posteriors, log_posteriors, expert_log_scores, topk_experts, topk_gates.
+//
 // main() only parses and dispatches: one run_* function per mode. A new model family adds a
 // run_* function and a branch in dispatch(); a mode without --model (e.g. a GMM router) adds its
 // options and a branch before the model_type lookup.
@@ -14,6 +19,7 @@
 #include "io/safetensors.h"
 #include "model/decoder.h"
 #include "model/generate.h"
+#include "moe/gmm.h"
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -32,6 +38,8 @@ struct ForwardArgs {
     std::vector<std::string> grads;
     int64_t generate = 0;
     std::string dtype = "float32";
+    std::string gmm;     // GMM router parameters (safetensors): selects the GMM mode
+    int64_t top_k = 2;
 };
 
 [[noreturn]] void fail(const std::string & msg) { throw std::runtime_error(msg); }
@@ -128,7 +136,17 @@ int run_causal_lm(const ForwardArgs & a) {
 }
 
 // ------------------------------------------------------------------------------------------
+int run_gmm(const ForwardArgs & a) {
+    if (a.inputs.empty() || a.out.empty()) fail("--gmm needs --inputs POINTS and --out OUT");
+    const std::string tmp = a.out + ".tmp";
+    moe::gmm_inspect(a.gmm, a.inputs, tmp, a.top_k);
+    std::filesystem::rename(tmp, a.out);
+    std::fprintf(stderr, "idamoe-forward: gmm: wrote %s\n", a.out.c_str());
+    return 0;
+}
+
 int dispatch(const ForwardArgs & a) {
+    if (!a.gmm.empty()) return run_gmm(a);
     if (a.model_dir.empty()) fail("--model DIR is required");
     if (a.inputs.empty() || a.out.empty()) fail("--inputs and --out are required");
     const std::string type = model_type_of(a.model_dir);
@@ -148,6 +166,9 @@ int main(int argc, char ** argv) {
     app.add_option("--out", a.out, "Where to write the outputs (safetensors)");
     app.add_option("--grad", a.grads, "Also write grad.NAME = d loss / d parameter NAME (repeatable; needs labels)");
     app.add_option("--generate", a.generate, "Greedy-decode N tokens with the KV cache")->check(CLI::NonNegativeNumber);
+    app.add_option("--gmm", a.gmm, "GMM router mode: one GMM set's parameters (safetensors); --inputs holds 'points'")
+        ->check(CLI::ExistingFile);
+    app.add_option("--top-k", a.top_k, "GMM mode: experts per point")->check(CLI::PositiveNumber);
     app.add_option("--dtype", a.dtype, "Compute dtype")->check(CLI::IsMember({"float32", "bfloat16", "float16"}));
     try {
         app.parse(argc, argv);

@@ -62,7 +62,7 @@ RouteOut IdaRouterImpl::route(const torch::Tensor & x_TD, const torch::Tensor & 
             // eq. 22: component c is "slow" with probability ReLU(1 - N*M*pi_c)
             const torch::Tensor pi_C = g.log_pi().detach().exp();
             const torch::Tensor p_slow_C = torch::relu(1.0 - static_cast<double>(C) * pi_C);
-            const torch::Tensor slow_C = torch::rand({C}, gen).to(p_slow_C.device()) < p_slow_C;
+            const torch::Tensor slow_C = uniform_on({C}, gen, p_slow_C.device()) < p_slow_C;
             // eq. 23 with the mixing weights renormalised within the flagged subset S:
             //   -log sum_{c in S} (pi_c / sum_{c' in S} pi_c') N(z | mu_c, var_c)
             const torch::Tensor log_pi_C = g.log_pi();

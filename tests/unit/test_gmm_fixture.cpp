@@ -3,6 +3,8 @@
 #include <catch2/catch.hpp>
 #include <torch/torch.h>
 
+#include <cstdlib>
+
 #include "io/safetensors.h"
 #include "moe/gmm.h"
 #include "test_utils.h"
@@ -54,4 +56,18 @@ TEST_CASE("gmm: gmm_inspect reports bad inputs with the file and tensor", "[moe]
     CHECK_THROWS_WITH(moe::gmm_inspect(tmp.str("p.safetensors"), test::fixture_path("gmm/points.safetensors"),
                                        tmp.str("o.safetensors"), 2),
                       Catch::Contains("p.safetensors") && Catch::Contains("'means'"));
+}
+
+TEST_CASE("gmm: idamoe-forward --gmm writes the same tensors", "[moe][gmm]") {
+    test::TempDir tmp;
+    const std::string out = tmp.str("cli.safetensors");
+    const std::string cmd = test::binary_path("idamoe-forward") + " --gmm " + test::fixture_path("gmm/params.safetensors") +
+                            " --inputs " + test::fixture_path("gmm/points.safetensors") + " --out " + out + " --top-k 2";
+    REQUIRE(std::system(cmd.c_str()) == 0);
+    const io::TensorMap got = io::load_safetensors(out);
+    const io::TensorMap ref = io::load_safetensors(test::fixture_path("gmm/expected.safetensors"));
+    CHECK(expect_close(got.at("log_likelihood"), ref.at("log_likelihood"), "cli log_likelihood", 0.0, 1e-6));
+    CHECK(torch::equal(got.at("topk_experts"), ref.at("top2_experts")));
+    CHECK(got.at("posteriors").sizes() == torch::IntArrayRef({200, 12}));
+    CHECK(got.at("topk_gates").sizes() == torch::IntArrayRef({200, 2}));
 }

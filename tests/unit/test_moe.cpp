@@ -7,6 +7,7 @@
 #include <cmath>
 #include <vector>
 
+#include "model/mlp.h"
 #include "moe/ida_router.h"
 #include "moe/linear_routers.h"
 #include "moe/moe_layer.h"
@@ -252,7 +253,7 @@ TEST_CASE("moe: upcycled MoE with identical experts equals the dense FFN", "[moe
     for (const std::string r : {"ida", "linear_aux", "st_moe", "xmoe", "auxfree"}) {
         auto cfg = small_cfg(r);
         torch::manual_seed(25);
-        auto dense = std::make_shared<moe::SwiGluFfnImpl>(cfg.d_model, cfg.d_ff);
+        auto dense = std::make_shared<model::SwiGluMlpImpl>(cfg.d_model, cfg.d_ff);  // the decoder's dense MLP
         auto layer = as_moe(moe::upcycle(dense, cfg));
         REQUIRE(layer);
         layer->train();
