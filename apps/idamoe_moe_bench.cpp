@@ -46,6 +46,7 @@ int main(int argc, char ** argv) {
     int64_t T = 4096, D = 2048, F = 5632, N = 4, K = 2, L = 32, M = 16;
     int warmup = 1, iters = 3;
     std::string routers = "ida,linear_aux", trace;
+    bool flush_denormal = false;
     app.add_option("--tokens", T, "tokens per batch");
     app.add_option("--d-model", D);
     app.add_option("--d-ff", F);
@@ -57,7 +58,9 @@ int main(int argc, char ** argv) {
     app.add_option("--iters", iters);
     app.add_option("--routers", routers, "comma-separated router kinds");
     app.add_option("--trace", trace, "write a chrome trace (legacy autograd profiler) of one router fwd+bwd per router");
+    app.add_flag("--flush-denormal", flush_denormal, "set the CPU flush-denormal mode (torch.set_flush_denormal)");
     CLI11_PARSE(app, argc, argv);
+    if (flush_denormal) at::globalContext().setFlushDenormal(true);
 
     torch::manual_seed(0);
     std::printf("idamoe-moe-bench: T=%lld D=%lld F=%lld N=%lld k=%lld latent=%lld M=%lld threads=%d (torch %s)\n",
