@@ -10,6 +10,11 @@
 // [B, 3, H, W] (already normalised) and write hidden_states.{i}, hidden_states_minus2,
 // last_hidden_state and, with --grad, grad.PARAM = d sum(hidden_states[-2]) / d PARAM.
 //
+// GMM router mode (no --model): idamoe-forward --gmm PARAMS --inputs POINTS --out OUT [--top-k K]
+// evaluates one GMM set (weights [C], means [C,d], variances [C,d], expert_of_component [C]) on points
+// [n,d] through the router's own GMM code (moe::gmm_inspect, fp64) and writes log_likelihood,
+// log_weighted_prob, posteriors, log_posteriors, expert_log_scores, topk_experts, topk_gates.
+//
 // main() only parses and dispatches: one run_* function per mode. A new model family adds a
 // run_* function and a branch in dispatch(); a mode without --model (e.g. a GMM router) adds its
 // options and a branch before the model_type lookup.
@@ -18,6 +23,7 @@
 #include "model/decoder.h"
 #include "model/generate.h"
 #include "model/vision_tower.h"
+#include "moe/gmm.h"
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -36,6 +42,8 @@ struct ForwardArgs {
     std::vector<std::string> grads;
     int64_t generate = 0;
     std::string dtype = "float32";
+    std::string gmm;     // GMM router parameters (safetensors): selects the GMM mode
+    int64_t top_k = 2;
 };
 
 [[noreturn]] void fail(const std::string & msg) { throw std::runtime_error(msg); }
@@ -148,7 +156,17 @@ int run_vision_tower(const ForwardArgs & a) {
 }
 
 // ------------------------------------------------------------------------------------------
+int run_gmm(const ForwardArgs & a) {
+    if (a.inputs.empty() || a.out.empty()) fail("--gmm needs --inputs POINTS and --out OUT");
+    const std::string tmp = a.out + ".tmp";
+    moe::gmm_inspect(a.gmm, a.inputs, tmp, a.top_k);
+    std::filesystem::rename(tmp, a.out);
+    std::fprintf(stderr, "idamoe-forward: gmm: wrote %s\n", a.out.c_str());
+    return 0;
+}
+
 int dispatch(const ForwardArgs & a) {
+    if (!a.gmm.empty()) return run_gmm(a);
     if (a.model_dir.empty()) fail("--model DIR is required");
     if (a.inputs.empty() || a.out.empty()) fail("--inputs and --out are required");
     const std::string type = model_type_of(a.model_dir);
@@ -172,6 +190,9 @@ int main(int argc, char ** argv) {
     app.add_option("--grad", a.grads, "Also write grad.NAME = d loss / d parameter NAME (repeatable; LMs need labels; "
                                       "vision towers: d sum(hidden_states[-2]) / d NAME)");
     app.add_option("--generate", a.generate, "Greedy-decode N tokens with the KV cache")->check(CLI::NonNegativeNumber);
+    app.add_option("--gmm", a.gmm, "GMM router mode: one GMM set's parameters (safetensors); --inputs holds 'points'")
+        ->check(CLI::ExistingFile);
+    app.add_option("--top-k", a.top_k, "GMM mode: experts per point")->check(CLI::PositiveNumber);
     app.add_option("--dtype", a.dtype, "Compute dtype")->check(CLI::IsMember({"float32", "bfloat16", "float16"}));
     try {
         app.parse(argc, argv);

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <string>
 
+#include "core/config.h"
+
 namespace idamoe::moe {
 
 enum class RouterKind {
@@ -52,6 +54,11 @@ struct MoeLayerConfig {
 };
 
 RouterKind router_kind(const MoeLayerConfig & cfg);
+
+// The trainer's conversion: core::MoeConfig (YAML `moe:` section) + the decoder's shapes -> one layer's config.
+// Fields core::MoeConfig does not carry (xmoe_dim, gumbel_second_expert) keep their defaults.
+MoeLayerConfig layer_config(const core::MoeConfig & moe, int64_t layer_index, int64_t d_model, int64_t d_ff,
+                            uint64_t seed);
 
 // Throws std::invalid_argument naming the layer and the offending field.
 void validate(const MoeLayerConfig & cfg);

@@ -17,7 +17,9 @@ IdaRouterImpl::IdaRouterImpl(const MoeLayerConfig & cfg) : RouterImpl(cfg) {
     torch::nn::Linear enc1(D, H), enc2(H, L), dec1(L, H), dec2(H, D);
     for (auto * lin : {&enc1, &enc2, &dec1, &dec2}) init_linear_(*lin, init_gen_);
     encoder = register_module("encoder", torch::nn::Sequential(
-        torch::nn::LayerNorm(torch::nn::LayerNormOptions({D})), enc1, torch::nn::GELU(),
+        // no affine on the input LN: the next Linear absorbs scale and shift, and without LN parameters the
+        // backward never needs d/d u (u is detached), which saves one [T,D]x[D,H] GEMM and the LN backward
+        torch::nn::LayerNorm(torch::nn::LayerNormOptions({D}).elementwise_affine(false)), enc1, torch::nn::GELU(),
         torch::nn::LayerNorm(torch::nn::LayerNormOptions({H})), enc2));
     decoder = register_module("decoder", torch::nn::Sequential(dec1, torch::nn::GELU(), dec2));
     gmm = register_module("gmm", torch::nn::ModuleList());
@@ -26,7 +28,7 @@ IdaRouterImpl::IdaRouterImpl(const MoeLayerConfig & cfg) : RouterImpl(cfg) {
 }
 
 torch::Tensor IdaRouterImpl::encode(const torch::Tensor & u_TD) {
-    return encoder->forward(u_TD.detach().to(encoder->parameters()[0].scalar_type()));
+    return encoder->forward(u_TD.detach().to(gmm_set(0).means.scalar_type()));
 }
 
 RouteOut IdaRouterImpl::route(const torch::Tensor & x_TD, const torch::Tensor & w_T) {
@@ -37,7 +39,7 @@ RouteOut IdaRouterImpl::route(const torch::Tensor & x_TD, const torch::Tensor & 
     RouteOut out;
 
     // eq. 12-13: autoencoder on sg(u); L_AE = mean over real rows of the per-row MSE
-    const torch::Tensor u_TD = x_TD.detach().to(encoder->parameters()[0].scalar_type());
+    const torch::Tensor u_TD = x_TD.detach().to(gmm_set(0).means.scalar_type());  // router dtype: fp32 (fp64 in tests)
     const torch::Tensor z_TL = encoder->forward(u_TD);
     const torch::Tensor recon_TD = decoder->forward(z_TL);
     const torch::Tensor l_ae = weighted_mean((recon_TD - u_TD).square().mean(1), w_T);
@@ -62,7 +64,7 @@ RouteOut IdaRouterImpl::route(const torch::Tensor & x_TD, const torch::Tensor & 
             // eq. 22: component c is "slow" with probability ReLU(1 - N*M*pi_c)
             const torch::Tensor pi_C = g.log_pi().detach().exp();
             const torch::Tensor p_slow_C = torch::relu(1.0 - static_cast<double>(C) * pi_C);
-            const torch::Tensor slow_C = torch::rand({C}, gen).to(p_slow_C.device()) < p_slow_C;
+            const torch::Tensor slow_C = uniform_on({C}, gen, p_slow_C.device()) < p_slow_C;
             // eq. 23 with the mixing weights renormalised within the flagged subset S:
             //   -log sum_{c in S} (pi_c / sum_{c' in S} pi_c') N(z | mu_c, var_c)
             const torch::Tensor log_pi_C = g.log_pi();

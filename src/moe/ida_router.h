@@ -10,7 +10,7 @@
 //
 // Autoencoder (our choice; the paper only says "a simple autoencoder"): the authors' code
 // (youzark/IDA_MoE down_projector.py) uses LN -> Linear(D, D/4) -> GELU -> Dropout -> LN -> Linear(D/4, d).
-// We keep the two LayerNorms without the dropout: LN on the input makes the latent scale independent of
+// We keep the two LayerNorms (the first without affine parameters) and drop the dropout: LN on the input makes the latent scale independent of
 // the hidden-state scale of the layer (which differs a lot between layers), the inner LN keeps z at
 // O(1) so the GMM init (means ~ N(0, 1/L), var 1) sits on the data. Decoder: Linear(L,H) -> GELU ->
 // Linear(H,D), reconstructing the raw u. H = ae_hidden (default 256: ~1.5% of two experts' FLOPs at

@@ -1,6 +1,8 @@
 // Baseline routers; see linear_routers.h for sources.
 #include "moe/linear_routers.h"
 
+#include "model/decoder.h"
+
 #include <cmath>
 #include <limits>
 
@@ -15,7 +17,7 @@ torch::Tensor pick_topk(const torch::Tensor & probs_TN, const torch::Tensor & lo
                         at::Generator * gumbel) {
     if (gumbel == nullptr || K == 1) return std::get<1>(probs_TN.detach().topk(K, 1));
     const torch::Tensor rank1_T1 = probs_TN.detach().argmax(1, /*keepdim=*/true);
-    const torch::Tensor u_TN = torch::rand(logits_TN.sizes(), *gumbel).clamp_min(1e-20).to(logits_TN.device());
+    const torch::Tensor u_TN = uniform_on(logits_TN.sizes(), *gumbel, logits_TN.device()).clamp_min(1e-20);
     const torch::Tensor noisy_TN = (logits_TN.detach() - (-u_TN.log()).log())
                                        .scatter(1, rank1_T1, -std::numeric_limits<double>::infinity());
     return torch::cat({rank1_T1, std::get<1>(noisy_TN.topk(K - 1, 1))}, 1);
@@ -127,7 +129,7 @@ RouteOut AuxFreeRouterImpl::route(const torch::Tensor & x_TD, const torch::Tenso
 }
 
 void AuxFreeRouterImpl::observe_load(const torch::Tensor & counts_E) {
-    if (!is_training()) return;
+    if (!is_training() || model::in_checkpoint_recompute()) return;  // once per real forward
     torch::NoGradGuard ng;
     const torch::Tensor c = counts_E.to(expert_bias.device(), expert_bias.scalar_type());
     expert_bias.add_(cfg_.bias_update_rate * torch::sign(c.mean() - c));  // V3 §2.1.2: overloaded -> lower bias

@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "model/decoder.h"
 #include "moe/ida_router.h"
 #include "moe/linear_routers.h"
 
@@ -30,15 +31,28 @@ at::Generator RouterImpl::next_step_generator() {
     // The C++ counter mirrors the buffer; the buffer is re-read (one small copy) only when something else
     // wrote it since our last write: a checkpoint load (copy_) or a device move.
     if (rng_step_._version() != seen_version_) step_ = rng_step_.item<int64_t>();
-    const uint64_t s = splitmix64(cfg_.seed ^ splitmix64(static_cast<uint64_t>(cfg_.layer_index + 1)) ^
-                                  splitmix64(0x5EEDull + static_cast<uint64_t>(step_)));
+    auto make = [&](int64_t step) {
+        return at::make_generator<at::CPUGeneratorImpl>(
+            splitmix64(cfg_.seed ^ splitmix64(static_cast<uint64_t>(cfg_.layer_index + 1)) ^
+                       splitmix64(0x5EEDull + static_cast<uint64_t>(step))));
+    };
+    // Activation checkpointing re-runs this layer's forward in backward: draw the same numbers as the
+    // forward did (same Gumbel noise, same reactivation flags) and do not advance.
+    if (model::in_checkpoint_recompute() && step_ > 0) return make(step_ - 1);
+    at::Generator gen = make(step_);
     ++step_;
     {
         torch::NoGradGuard ng;
         rng_step_.fill_(step_);
     }
     seen_version_ = rng_step_._version();
-    return at::make_generator<at::CPUGeneratorImpl>(s);
+    return gen;
+}
+
+torch::Tensor uniform_on(torch::IntArrayRef sizes, at::Generator & gen, const torch::Device & device) {
+    torch::Tensor u = torch::rand(sizes, gen);
+    if (device.is_cpu()) return u;
+    return u.pin_memory().to(device, /*non_blocking=*/true);
 }
 
 void RouterImpl::init_linear_(torch::nn::Linear & lin, at::Generator & gen) {
@@ -92,6 +106,19 @@ std::string router_kind_name(RouterKind kind) {
 }
 
 RouterKind router_kind(const MoeLayerConfig & cfg) { return parse_router_kind(cfg.router); }
+
+MoeLayerConfig layer_config(const core::MoeConfig & m, int64_t layer_index, int64_t d_model, int64_t d_ff,
+                            uint64_t seed) {
+    MoeLayerConfig c;
+    c.layer_index = layer_index, c.d_model = d_model, c.d_ff = d_ff, c.seed = seed;
+    c.router = m.router, c.num_experts = m.num_experts, c.top_k = m.top_k, c.latent_dim = m.latent_dim;
+    c.centers_per_expert = m.centers_per_expert, c.alpha = m.alpha, c.beta = m.beta, c.reactivation = m.reactivation;
+    c.variance_floor = m.variance_floor, c.ae_hidden = m.ae_hidden, c.distinct_experts = m.distinct_experts;
+    c.capacity_factor = m.capacity_factor, c.aux_coef = m.aux_coef, c.z_loss_coef = m.z_loss_coef;
+    c.num_shared_experts = m.num_shared_experts, c.bias_update_rate = m.bias_update_rate;
+    validate(c);
+    return c;
+}
 
 void validate(const MoeLayerConfig & c) {
     const std::string where = "moe layer " + std::to_string(c.layer_index) + ": ";

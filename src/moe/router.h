@@ -54,6 +54,10 @@ protected:
     int64_t seen_version_ = -1;
 };
 
+// U[0,1) of the given shape drawn on the CPU from `gen` (reproducible), placed on `device` without a host
+// sync (pinned + non_blocking for CUDA).
+torch::Tensor uniform_on(torch::IntArrayRef sizes, at::Generator & gen, const torch::Device & device);
+
 // w-weighted mean of v_T over real rows (plain mean when w_T is undefined); 0 when no row is real.
 torch::Tensor weighted_mean(const torch::Tensor & v_T, const torch::Tensor & w_T);
 

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <vector>
 
+#include "model/mlp.h"
 #include "moe/ida_router.h"
 #include "moe/linear_routers.h"
 #include "moe/moe_layer.h"
@@ -196,7 +197,7 @@ TEST_CASE("moe: finite-difference gradients of AE loss and expert outputs (doubl
     // (not d/d x here: IDA gates depend on x numerically but carry no gradient by design; see below)
     CHECK(gradcheck(task, experts[1]->gate_proj->weight, "moe out d/d expert1 gate") < 1e-6);
     CHECK(gradcheck(task, experts[2]->down_proj->weight, "moe out d/d expert2 down") < 1e-6);
-    CHECK(gradcheck(ae_loss, router.encoder->parameters()[2], "L_AE d/d encoder lin1") < 1e-6);
+    CHECK(gradcheck(ae_loss, router.encoder->named_parameters()["1.weight"], "L_AE d/d encoder lin1") < 1e-6);
     CHECK(gradcheck(ae_loss, router.decoder->parameters()[2], "L_AE d/d decoder lin2") < 1e-6);
     // the router's own loss through the layer's forward path, w.r.t. GMM parameters
     auto router_loss = [&] { return router.route(x.reshape({-1, cfg.d_model}), mask.reshape({-1}).to(torch::kDouble)).loss; };
@@ -245,14 +246,14 @@ TEST_CASE("moe: gradient isolation between the task loss and the IDA router", "[
         CHECK((!e->gate_proj->weight.grad().defined() || e->gate_proj->weight.grad().abs().max().item<float>() == 0.0f));
     auto & router = dynamic_cast<moe::IdaRouterImpl &>(*layer.router);
     CHECK(router.gmm_set(0).means.grad().abs().max().item<float>() > 0.0f);
-    CHECK(router.encoder->parameters()[2].grad().abs().max().item<float>() > 0.0f);
+    CHECK(router.encoder->named_parameters()["1.weight"].grad().abs().max().item<float>() > 0.0f);
 }
 
 TEST_CASE("moe: upcycled MoE with identical experts equals the dense FFN", "[moe]") {
     for (const std::string r : {"ida", "linear_aux", "st_moe", "xmoe", "auxfree"}) {
         auto cfg = small_cfg(r);
         torch::manual_seed(25);
-        auto dense = std::make_shared<moe::SwiGluFfnImpl>(cfg.d_model, cfg.d_ff);
+        auto dense = std::make_shared<model::SwiGluMlpImpl>(cfg.d_model, cfg.d_ff);  // the decoder's dense MLP
         auto layer = as_moe(moe::upcycle(dense, cfg));
         REQUIRE(layer);
         layer->train();

@@ -1,0 +1,117 @@
+// idamoe-moe-bench: forward+backward time of one MoE layer vs the dense FFN of the same shape, and the
+// router's share of the MoE time, for the given routers.
+//
+//   idamoe-moe-bench [--tokens 4096 --d-model 2048 --d-ff 5632 --experts 4 --top-k 2 --latent 32
+//                     --centers 16 --iters 3 --warmup 1 --routers ida,linear_aux]
+//
+// What is timed (median over --iters after --warmup, wall clock, this process's threads):
+//   dense   y = FFN(x); y.backward(dy)                                    x requires grad (backbone)
+//   moe     y = MoE(x, mask); (y . dy + aux_loss).backward()              train mode (reactivation on)
+//   router  r = router.route(x); (r.loss + r.gates . dg).backward()      the router alone, same inputs
+// Router share = router / moe. The router's cost inside the layer is the same work, so the share is a
+// fair estimate of the router overhead (it excludes dispatch/combine, which are reported inside "moe").
+#include <CLI/CLI.hpp>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <sstream>
+#include <vector>
+
+#include <torch/csrc/autograd/profiler_legacy.h>
+
+#include "moe/moe_layer.h"
+
+using namespace idamoe;
+
+namespace {
+
+double median_ms(const std::function<void()> & fn, int warmup, int iters) {
+    for (int i = 0; i < warmup; ++i) fn();
+    std::vector<double> ms;
+    for (int i = 0; i < iters; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        fn();
+        ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::sort(ms.begin(), ms.end());
+    return ms[ms.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char ** argv) {
+    CLI::App app{"idamoe-moe-bench: MoE layer vs dense FFN, forward+backward"};
+    int64_t T = 4096, D = 2048, F = 5632, N = 4, K = 2, L = 32, M = 16;
+    int warmup = 1, iters = 3;
+    std::string routers = "ida,linear_aux", trace;
+    bool flush_denormal = false;
+    app.add_option("--tokens", T, "tokens per batch");
+    app.add_option("--d-model", D);
+    app.add_option("--d-ff", F);
+    app.add_option("--experts", N);
+    app.add_option("--top-k", K);
+    app.add_option("--latent", L, "IDA latent dim");
+    app.add_option("--centers", M, "IDA components per expert");
+    app.add_option("--warmup", warmup);
+    app.add_option("--iters", iters);
+    app.add_option("--routers", routers, "comma-separated router kinds");
+    app.add_option("--trace", trace, "write a chrome trace (legacy autograd profiler) of one router fwd+bwd per router");
+    app.add_flag("--flush-denormal", flush_denormal, "set the CPU flush-denormal mode (torch.set_flush_denormal)");
+    CLI11_PARSE(app, argc, argv);
+    if (flush_denormal) at::globalContext().setFlushDenormal(true);
+
+    torch::manual_seed(0);
+    std::printf("idamoe-moe-bench: T=%lld D=%lld F=%lld N=%lld k=%lld latent=%lld M=%lld threads=%d (torch %s)\n",
+                (long long)T, (long long)D, (long long)F, (long long)N, (long long)K, (long long)L, (long long)M,
+                torch::get_num_threads(), TORCH_VERSION);
+    const torch::Tensor x0 = torch::randn({1, T, D});
+    const torch::Tensor dy = torch::randn({1, T, D});
+    const torch::Tensor mask = torch::ones({1, T}, torch::kLong);
+
+    auto dense = std::make_shared<moe::SwiGluFfnImpl>(D, F);
+    const double t_dense = median_ms([&] {
+        torch::Tensor x = x0.clone().requires_grad_();
+        dense->forward(x, {}).backward(dy);
+        dense->zero_grad();
+    }, warmup, iters);
+    std::printf("dense FFN fwd+bwd: %.1f ms\n", t_dense);
+
+    std::stringstream ss(routers);
+    std::string name;
+    while (std::getline(ss, name, ',')) {
+        moe::MoeLayerConfig cfg;
+        cfg.d_model = D, cfg.d_ff = F, cfg.router = name, cfg.num_experts = N, cfg.top_k = K;
+        cfg.latent_dim = L, cfg.centers_per_expert = M, cfg.layer_index = 0;
+        auto layer = std::dynamic_pointer_cast<moe::MoeLayerImpl>(moe::upcycle(dense, cfg));
+        layer->train();
+        const double t_moe = median_ms([&] {
+            torch::Tensor x = x0.clone().requires_grad_();
+            torch::Tensor y = layer->forward(x, mask);
+            ((y * dy).sum() + layer->aux()->loss).backward();
+            layer->zero_grad();
+        }, warmup, iters);
+        const torch::Tensor dg = torch::randn({T, K});
+        const double t_router = median_ms([&] {
+            torch::Tensor x = x0.reshape({T, D}).clone().requires_grad_();
+            moe::RouteOut r = layer->router->route(x, {});
+            torch::Tensor l = r.loss + (r.gates_TK.to(torch::kFloat) * dg).sum();
+            if (l.requires_grad()) l.backward();
+            layer->zero_grad();
+        }, warmup, iters);
+        if (!trace.empty()) {
+            torch::autograd::profiler::RecordProfile guard(trace + "." + name + ".json");
+            torch::Tensor x = x0.reshape({T, D}).clone().requires_grad_();
+            moe::RouteOut r = layer->router->route(x, {});
+            torch::Tensor l = r.loss + (r.gates_TK.to(torch::kFloat) * dg).sum();
+            if (l.requires_grad()) l.backward();
+        }
+        const auto & st = layer->stats();
+        std::printf("%-10s MoE fwd+bwd: %.1f ms (%.2fx dense) | router alone: %.1f ms = %.2f%% of the MoE layer | "
+                    "cv %.3f entropy %.3f bits\n",
+                    name.c_str(), t_moe, t_moe / t_dense, t_router, 100.0 * t_router / t_moe, st.cv.item<double>(),
+                    st.entropy.item<double>());
+    }
+    return 0;
+}
