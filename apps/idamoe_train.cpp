@@ -11,6 +11,7 @@
 #include "data/pipeline.h"
 #include "io/checkpoint.h"
 #include "train/bench.h"
+#include "train/eval_model.h"
 #include "train/guard.h"
 #include "train/loop.h"
 #include "train/trainer.h"
@@ -55,14 +56,57 @@ int bench_main(int argc, char ** argv) {
     return 0;
 }
 
+int eval_main(int argc, char ** argv) {
+    CLI::App app{"idamoe-train eval: answer a LLaVA question JSONL greedily with a trained stage and score it"};
+    std::string config_file;
+    std::vector<std::string> overrides;
+    train::EvalRunOptions o;
+    app.add_option("-c,--config", config_file, "the stage's YAML config (template, vision tower, MoE settings)")
+        ->required()->check(CLI::ExistingFile);
+    app.add_option("--set", overrides, "Override a config key (repeatable)")->take_all();
+    app.add_option("--checkpoint", o.checkpoint, "a stage output_dir or its hf/ export")->required();
+    app.add_option("--questions", o.questions, "LLaVA question JSONL {question_id, image, text[, category, answer]}")
+        ->required()->check(CLI::ExistingFile);
+    app.add_option("--image-root", o.image_root, "folder the questions' image paths are relative to");
+    app.add_option("--out", o.out_dir, "output folder: answers.jsonl, scores.json, routing.jsonl")->required();
+    app.add_option("--limit", o.limit, "answer only the first N questions")->check(CLI::NonNegativeNumber);
+    app.add_option("--max-new-tokens", o.max_new_tokens, "greedy tokens per answer")->check(CLI::PositiveNumber);
+    app.add_option("--model-id", o.model_id, "model_id written into answers.jsonl");
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError & e) {
+        return app.exit(e);
+    }
+    core::Config cfg;
+    try {
+        cfg = core::load_config(config_file, overrides);
+    } catch (const std::exception & e) {
+        std::fprintf(stderr, "idamoe-train eval: config error: %s\n", e.what());
+        return 2;
+    }
+    core::init_logging(cfg.logging.level);
+    try {
+        auto scores = train::run_model_eval(cfg, o);
+        std::printf("%-12s %8s %8s\n", "category", "correct", "accuracy");
+        for (const auto & [cat, s] : scores)
+            std::printf("%-12s %4lld/%-4lld %7.1f%%\n", cat.c_str(), static_cast<long long>(s.correct),
+                        static_cast<long long>(s.total), 100.0 * s.accuracy());
+    } catch (const std::exception & e) {
+        std::fprintf(stderr, "idamoe-train eval: %s\n", e.what());
+        return 2;
+    }
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char ** argv) {
     if (argc > 1 && std::string(argv[1]) == "bench") return bench_main(argc - 1, argv + 1);
+    if (argc > 1 && std::string(argv[1]) == "eval") return eval_main(argc - 1, argv + 1);
 
     CLI::App app{"idamoe-train: LLaVA-style vision-language MoE training with IDA-MoE routing (arXiv 2510.16448)"};
     app.set_version_flag("--version", std::string("idamoe ") + IDAMOE_VERSION);
-    app.footer("Subcommand: idamoe-train bench --model DIR ... (see idamoe-train bench --help)");
+    app.footer("Subcommands: idamoe-train bench --model DIR ...   idamoe-train eval --config X --checkpoint DIR --questions Q --out DIR\n(see idamoe-train bench --help, idamoe-train eval --help)");
 
     std::string config_file;
     std::vector<std::string> overrides;

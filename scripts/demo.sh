@@ -73,23 +73,24 @@ train_stage stage2
 train_stage stage3
 train_stage stage3_linear_aux
 
-# Evaluation (idamoe-train's eval subcommand) writes eval_<router>/answers.jsonl and routing.jsonl;
-# until it exists, plot_demo.py draws the training-time panels and notes the missing ones.
-if "$BIN" eval --help > /dev/null 2>&1; then
-  for r in ida linear_aux; do
-    d="stage3_$r"
-    "$BIN" eval --config "$CFG/$( [ "$r" = ida ] && echo stage3 || echo stage3_linear_aux ).yaml" \
-      --questions "$OUT_DIR/data/eval_questions.jsonl" --image-root "$OUT_DIR/data/images" \
-      --checkpoint "$OUT_DIR/$d" --out "$OUT_DIR/eval_$r"
-  done
-else
-  echo "== eval: idamoe-train has no eval subcommand in this version; skipping"
-fi
+# Evaluation: each stage's export answers the held-out questions greedily (KV cache); stage 1 is
+# scored with the stage-2 prompt format to show what instruction tuning added.
+echo "== eval (held-out questions: $OUT_DIR/data/eval_questions.jsonl)"
+eval_stage() {  # eval_stage NAME CONFIG CHECKPOINT
+  "$BIN" eval --config "$CFG/$2.yaml" --questions "$OUT_DIR/data/eval_questions.jsonl" \
+    --image-root "$OUT_DIR/data/images" --checkpoint "$OUT_DIR/$3" --out "$OUT_DIR/eval_$1" --model-id "$1" \
+    --set "moe.router=$4" | sed "s/^/   $1: /"
+}
+eval_stage stage1 stage2 stage1 ida
+eval_stage stage2 stage2 stage2 ida
+eval_stage ida stage3 stage3_ida ida
+eval_stage linear_aux stage3_linear_aux stage3_linear_aux linear_aux
 
 echo "== plots"
 /usr/bin/python3 "$ROOT/scripts/plot_demo.py" --out "$OUT_DIR/plots" \
   --metrics "ida=$OUT_DIR/stage3_ida/metrics.jsonl" --metrics "linear_aux=$OUT_DIR/stage3_linear_aux/metrics.jsonl" \
   --answers "ida=$OUT_DIR/eval_ida/answers.jsonl" --answers "linear_aux=$OUT_DIR/eval_linear_aux/answers.jsonl" \
   --routing "ida=$OUT_DIR/eval_ida/routing.jsonl" --routing "linear_aux=$OUT_DIR/eval_linear_aux/routing.jsonl" \
+  --answers "stage1=$OUT_DIR/eval_stage1/answers.jsonl" --answers "stage2=$OUT_DIR/eval_stage2/answers.jsonl" \
   --questions "$OUT_DIR/data/eval_questions.jsonl"
 echo "== demo finished in $(( $(stamp) - T0 )) s: $OUT_DIR"

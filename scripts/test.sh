@@ -7,4 +7,4 @@ bash "$ROOT/scripts/build.sh"
 cd "${BUILD_DIR:-$ROOT/build}"
 # Tests use the two cores themselves; keep LibTorch from oversubscribing inside each test.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
-ctest --output-on-failure --timeout 1200 "$@"
+ctest --output-on-failure --timeout 1200 -j2 "$@"

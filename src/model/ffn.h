@@ -19,6 +19,7 @@ struct FfnAux {
     torch::Tensor counts_E;                      // tokens routed to each expert (padding excluded), float; undefined if dense
     torch::Tensor entropy;                       // mean routing entropy (scalar), undefined if dense
     torch::Tensor topk_idx_TK;                   // routing decisions of the last forward (real tokens first), may be undefined
+    torch::Tensor topk_gates_TK;                 // their gates (same rows), may be undefined
 };
 
 class FfnImpl : public torch::nn::Module {
