@@ -4,8 +4,8 @@
 # Rank 0 serves the rendezvous store on MASTER_PORT. Output lines are prefixed with the rank. If any rank
 # fails, the others are stopped and the script exits with a failing rank's status.
 #
-#   scripts/launch_local.sh 2 ./build/idamoe-train --config configs/tiny_debug.yaml
-#   MASTER_PORT=29600 scripts/launch_local.sh 8 ./build/idamoe-train --config configs/stablelm_stage3.yaml
+#   scripts/launch_local.sh 2 ./build/idamoe-train --config configs/demo/stage2.yaml
+#   MASTER_PORT=29600 scripts/launch_local.sh 8 ./build/idamoe-train --config configs/stablelm-clip/stage3.yaml
 set -euo pipefail
 if [ $# -lt 2 ] || ! [[ "$1" =~ ^[1-9][0-9]*$ ]]; then
   echo "usage: $0 N command [args...]   (N = number of ranks; MASTER_ADDR/MASTER_PORT optional)" >&2
