@@ -174,8 +174,14 @@ StageModel build_stage_model(const core::Config & cfg) {
         if (!sm.router_layers.empty() && sm.router_layers != layers)
             throw core::ConfigError("stage 3: moe.layers resolves to " + nlohmann::json(layers).dump() +
                                     " but the stage-2 routers warmed up at " + nlohmann::json(sm.router_layers).dump());
-        if (!sm.router_layers.empty() && sm.moe_cfg.router != cfg.moe.router)
-            throw core::ConfigError("stage 3: moe.router is " + cfg.moe.router + " but stage 2 warmed up a " + sm.moe_cfg.router + " router");
+        if (!sm.router_layers.empty() && sm.moe_cfg.router != cfg.moe.router) {
+            // A baseline router compared from the same stage-2 checkpoint (IDA-MoE Table 2 protocol):
+            // the warmed-up IDA router has nothing to give it, so the experts upcycle from the dense FFNs.
+            spdlog::warn("stage 3: moe.router is {}; the stage-2 {} routers are dropped and the experts upcycle from "
+                         "the dense FFNs", cfg.moe.router, sm.moe_cfg.router);
+            for (int64_t l : sm.router_layers)
+                if (auto rw = std::dynamic_pointer_cast<moe::RouterWarmupFfnImpl>(llm->ffn(l))) llm->set_ffn(l, rw->dense);
+        }
         for (int64_t l : layers) llm->set_ffn(l, moe::upcycle(llm->ffn(l), layer_config(cfg.moe, sm.dc, l, seed)));
         sm.router_layers.clear();
         sm.moe_layers = layers;

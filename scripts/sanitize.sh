@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The sanitizer part of the test suite: builds everything with clang + ASan + UBSan (+ libFuzzer
+# instrumentation) in build-fuzz/, runs the whole Catch2 suite there, then runs every fuzz target for
+# FUZZ_SECONDS (default 30) on its committed seed corpus. Any sanitizer report fails the run.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD="${FUZZ_BUILD_DIR:-$ROOT/build-fuzz}"
+if [ ! -f "$BUILD/CMakeCache.txt" ]; then
+  CC=clang CXX=clang++ cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIDAMOE_FUZZ=ON
+fi
+cmake --build "$BUILD" -j "${JOBS:-$(nproc)}"
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:suppressions=$ROOT/tests/fuzz/lsan.supp:${ASAN_OPTIONS:-}"
+export LSAN_OPTIONS="suppressions=$ROOT/tests/fuzz/lsan.supp"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+echo "== unit tests under ASan + UBSan"
+(cd "$BUILD" && ctest --output-on-failure --timeout 1800 -j2)
+echo "== fuzz targets, ${FUZZ_SECONDS:-30} s each"
+FUZZ_BUILD_DIR="$BUILD" bash "$ROOT/scripts/fuzz.sh" "${FUZZ_SECONDS:-30}"
