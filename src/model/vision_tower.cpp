@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <type_traits>
 #include <stdexcept>
 
 namespace idamoe::model {
@@ -30,6 +31,13 @@ std::string read_file_text(const std::string & path) {
 
 template <class T> T field_or(const json & j, const char * key, T fallback, const std::string & source) {
     if (!j.contains(key) || j[key].is_null()) return fallback;
+    if constexpr (std::is_integral_v<T>) {
+        // nlohmann converts a float like 5.7e128 to an integer with undefined behaviour (found by
+        // fuzz_model_config): only exact integers are accepted.
+        if (!j[key].is_number_integer() ||
+            (j[key].is_number_unsigned() && j[key].template get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)))
+            throw std::runtime_error(source + ": vision config field '" + key + "' must be an integer, got " + j[key].dump());
+    }
     try {
         return j[key].get<T>();
     } catch (const json::exception & e) {

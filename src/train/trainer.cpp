@@ -3,6 +3,8 @@
 // Legend: B batch, T tokens, I images.
 #include "train/trainer.h"
 
+#include "core/log.h"
+
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "data/pipeline.h"
@@ -386,6 +388,9 @@ torch::Device pick_device(const core::Config & cfg, int local_rank) {
 
 StageRun run_stage(const core::Config & cfg, const std::string & resume, std::unique_ptr<BatchSource> source) {
     const dist::LaunchEnv env = dist::read_launch_env();
+    // Only rank 0 logs below warn unless logging.all_ranks asks for every rank.
+    core::init_logging(cfg.logging.level, env.rank, cfg.logging.all_ranks);
+    spdlog::info("resolved config ({}):\n{}", cfg.source_file, core::config_to_yaml(cfg));
     std::unique_ptr<dist::Comm> comm;
     if (env.distributed()) {
         comm = std::make_unique<dist::Comm>(cfg.dist, env);
