@@ -209,35 +209,26 @@ ImageProcessorConfig ImageProcessorConfig::from_dir(const std::string & dir, boo
 }
 
 // stb_image 2.27 (Debian's libstb-dev) trusts a DHT segment's 16 code counts: their sum may reach 4080
-// and stbi__build_huffman then writes past its 257-entry size table (found by fuzz_image). Walk the
-// JPEG's marker segments (including those between progressive scans) and refuse any Huffman table
-// with more than 256 codes or a length that does not add up, before stb sees the file.
+// and stbi__build_huffman then writes past its 257-entry size table (found by fuzz_image). Every
+// FF C4 (DHT) marker in the file is parsed exactly the way stb parses it (bytes past the end read as
+// 0, as stbi__get8 does) and any table with more than 256 codes is refused before stb sees the file.
+// Checking every FF C4, not only those a marker walk reaches, follows stb wherever its own marker
+// search resynchronises; a stray FF C4 inside APP/COM payload can only make us stricter.
 static bool jpeg_huffman_tables_valid(const uint8_t * d, size_t n) {
-    size_t i = 2;  // after SOI
-    while (i + 1 < n) {
-        if (d[i] != 0xFF) return true;  // not at a marker: let stb report the corruption
-        uint8_t m = d[i + 1];
-        if (m == 0xFF) { ++i; continue; }  // fill byte
-        i += 2;
-        if (m == 0xD9) return true;                                       // EOI
-        if (m == 0x01 || (m >= 0xD0 && m <= 0xD7)) continue;              // TEM / RSTn: no length
-        if (i + 2 > n) return true;
-        const size_t len = (static_cast<size_t>(d[i]) << 8) | d[i + 1];
-        if (len < 2 || i + len > n) return true;
-        if (m == 0xC4) {
-            size_t p = i + 2, end = i + len;
-            while (p < end) {
-                if (p + 17 > end) return false;
-                size_t codes = 0;
-                for (int k = 1; k <= 16; ++k) codes += d[p + k];
-                if (codes > 256) return false;
-                p += 17 + codes;
-                if (p > end) return false;
-            }
-        }
-        i += len;
-        if (m == 0xDA) {  // start of scan: skip entropy-coded data up to the next real marker
-            while (i + 1 < n && !(d[i] == 0xFF && d[i + 1] != 0x00 && !(d[i + 1] >= 0xD0 && d[i + 1] <= 0xD7))) ++i;
+    auto at = [&](size_t p) -> int { return p < n ? d[p] : 0; };
+    for (size_t i = 1; i + 1 < n; ++i) {
+        if (d[i] != 0xFF || d[i + 1] != 0xC4) continue;
+        size_t p = i + 2;
+        long L = ((at(p) << 8) | at(p + 1)) - 2;
+        p += 2;
+        while (L > 0) {
+            ++p;  // table class / id byte
+            long codes = 0;
+            for (int k = 0; k < 16; ++k) codes += at(p++);
+            if (codes > 256) return false;
+            L -= 17;
+            p += static_cast<size_t>(codes);
+            L -= codes;
         }
     }
     return true;
@@ -246,6 +237,10 @@ static bool jpeg_huffman_tables_valid(const uint8_t * d, size_t n) {
 RgbImage decode_image_memory(const uint8_t * data, size_t n, const std::string & name, const ImageLimits & limits) {
     if (n == 0) throw ImageError(name + ": empty file (0 bytes)");
     if (n > static_cast<size_t>(INT32_MAX)) throw ImageError(name + ": file too large");
+    // Before any stb call: stbi_info_from_memory already parses DHT segments. stb accepts fill bytes
+    // before SOI (FF FF .. D8), so anything starting with FF may be a JPEG to it.
+    if (n >= 2 && data[0] == 0xFF && !jpeg_huffman_tables_valid(data, n))
+        throw ImageError(name + ": corrupt JPEG (bad Huffman table)");
     int w = 0, h = 0, comp = 0;
     if (!stbi_info_from_memory(data, static_cast<int>(n), &w, &h, &comp))
         throw ImageError(name + ": not a decodable JPEG/PNG/BMP/GIF image (" + stbi_failure_reason() + ")");
@@ -256,8 +251,6 @@ RgbImage decode_image_memory(const uint8_t * data, size_t n, const std::string &
                          std::to_string(limits.max_pixels) + " pixels)");
     if (n >= 2 && data[0] == 0xFF && data[1] == 0xD8 && !ends_with_jpeg_eoi(data, n))
         throw ImageError(name + ": truncated JPEG (no end-of-image marker)");
-    if (n >= 2 && data[0] == 0xFF && data[1] == 0xD8 && !jpeg_huffman_tables_valid(data, n))
-        throw ImageError(name + ": corrupt JPEG (bad Huffman table)");
     int cw = 0, ch = 0, cc = 0;
     stbi_uc * px = stbi_load_from_memory(data, static_cast<int>(n), &cw, &ch, &cc, 3);
     if (!px) throw ImageError(name + ": corrupt image (" + stbi_failure_reason() + ")");
