@@ -38,28 +38,7 @@ namespace {
 // Model construction per stage
 
 moe::MoeLayerConfig layer_config(const core::MoeConfig & m, const model::DecoderConfig & dc, int64_t layer, uint64_t seed) {
-    moe::MoeLayerConfig c;
-    c.layer_index = layer;
-    c.d_model = dc.hidden_size;
-    c.d_ff = dc.intermediate_size;
-    c.router = m.router;
-    c.num_experts = m.num_experts;
-    c.top_k = m.top_k;
-    c.latent_dim = m.latent_dim;
-    c.centers_per_expert = m.centers_per_expert;
-    c.alpha = m.alpha;
-    c.beta = m.beta;
-    c.reactivation = m.reactivation;
-    c.variance_floor = m.variance_floor;
-    c.ae_hidden = m.ae_hidden;
-    c.distinct_experts = m.distinct_experts;
-    c.capacity_factor = m.capacity_factor;
-    c.aux_coef = m.aux_coef;
-    c.z_loss_coef = m.z_loss_coef;
-    c.num_shared_experts = m.num_shared_experts;
-    c.bias_update_rate = m.bias_update_rate;
-    c.seed = seed;
-    return c;
+    return moe::layer_config(m, layer, dc.hidden_size, dc.intermediate_size, seed);
 }
 
 nlohmann::json moe_json(const core::MoeConfig & m) {
