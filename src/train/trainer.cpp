@@ -3,6 +3,7 @@
 // Legend: B batch, T tokens, I images.
 #include "train/trainer.h"
 
+#include "core/autocast.h"
 #include "core/log.h"
 
 #include "data/dataset.h"
@@ -205,7 +206,8 @@ private:
 
 class LlavaTask : public TrainTask {
 public:
-    LlavaTask(StageModel & sm, BatchSource & src, torch::Device device) : sm_(sm), src_(src), device_(device) {}
+    LlavaTask(StageModel & sm, BatchSource & src, torch::Device device, bool autocast_bf16)
+        : sm_(sm), src_(src), device_(device), autocast_bf16_(autocast_bf16) {}
 
     int64_t load_micro_batch(int64_t i) override {
         if (static_cast<int64_t>(slots_.size()) <= i) slots_.resize(static_cast<size_t>(i) + 1);
@@ -217,6 +219,9 @@ public:
         const data::Batch & b = slots_[static_cast<size_t>(i)];
         auto ids_BT = b.input_ids.to(device_), mask_BT = b.attention_mask.to(device_), labels_BT = b.labels.to(device_);
         torch::Tensor images_ICHW = b.images.defined() ? b.images.to(device_) : torch::Tensor();
+        // model.dtype bfloat16 on CUDA: forward and loss under bf16 autocast, fp32 master weights; backward
+        // runs outside the scope, as autocast requires (unverified on GPU, see core/autocast.h).
+        const core::AutocastScope autocast(autocast_bf16_);
         model::LlavaOutput out = sm_.llava->forward(ids_BT, mask_BT, images_ICHW);
         MicroBatchResult r;
         auto ls = model::causal_lm_loss_sum(out.logits_BTV, labels_BT.masked_fill(ids_BT == model::kImageTokenId, model::kIgnoreIndex));
@@ -278,6 +283,7 @@ private:
     StageModel & sm_;
     BatchSource & src_;
     torch::Device device_;
+    bool autocast_bf16_ = false;
     std::vector<data::Batch> slots_;
 };
 
@@ -376,6 +382,7 @@ StageRun run_stage(const core::Config & cfg, const std::string & resume, std::un
         dist::check_same_config(*comm, dist::config_hash(core::config_to_yaml(cfg)));
     }
     const torch::Device device = pick_device(cfg, env.local_rank);
+    const bool autocast_bf16 = core::check_compute_dtype(cfg.model.dtype, device);
     torch::manual_seed(static_cast<uint64_t>(cfg.train.seed));
 
     StageModel sm = build_stage_model(cfg);
@@ -388,7 +395,7 @@ StageRun run_stage(const core::Config & cfg, const std::string & resume, std::un
     if (!source) source = std::make_unique<LoaderSource>(cfg, env.rank, env.world_size);
     const int64_t total = total_optimizer_steps(source->num_samples(), cfg.data.batch_size, env.world_size,
                                                 cfg.data.grad_accum, cfg.train.epochs, cfg.train.max_steps);
-    LlavaTask task(sm, *source, device);
+    LlavaTask task(sm, *source, device, autocast_bf16);
     const FlopModel flops = make_flop_model(sm, cfg);
 
     LoopOptions opt;
