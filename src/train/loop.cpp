@@ -172,11 +172,21 @@ RunResult run_training(TrainTask & task, const core::Config & cfg, const LoopOpt
             break;
         }
         const auto t_step = Clock::now();
-        // 1. Data: all micro-batches first, so the loss can be normalised by the step's total target tokens.
+        // 1. Data: all micro-batches first, so the losses can be normalised by the step's total target
+        //    tokens and real rows over all ranks (train/loss.h); one collective for both counts.
         auto t0 = Clock::now();
-        int64_t local_targets = 0;
-        for (int64_t i = 0; i < ga; ++i) local_targets += task.load_micro_batch(i);
-        const double total_targets = dist.sum ? dist.sum(static_cast<double>(local_targets)) : static_cast<double>(local_targets);
+        int64_t local_targets = 0, local_rows = 0;
+        std::vector<int64_t> rows(static_cast<size_t>(ga));
+        bool rows_known = true;
+        for (int64_t i = 0; i < ga; ++i) {
+            local_targets += task.load_micro_batch(i);
+            rows[static_cast<size_t>(i)] = task.aux_rows(i);
+            rows_known = rows_known && rows[static_cast<size_t>(i)] >= 0;
+            local_rows += std::max<int64_t>(0, rows[static_cast<size_t>(i)]);
+        }
+        std::vector<double> counts_global{static_cast<double>(local_targets), static_cast<double>(local_rows)};
+        if (dist.sum) counts_global = dist.sum(counts_global);
+        const double total_targets = counts_global[0], total_rows = counts_global[1];
         const double data_ms = ms_since(t0);
         // 2. Forward/backward per micro-batch.
         double ce_sum = 0, aux_sum = 0, fwd_ms = 0, bwd_ms = 0, flops = 0;
@@ -186,15 +196,22 @@ RunResult run_training(TrainTask & task, const core::Config & cfg, const LoopOpt
         for (int64_t i = 0; i < ga; ++i) {
             t0 = Clock::now();
             MicroBatchResult r = task.forward(i);
-            torch::Tensor obj = micro_batch_objective(r.ce_sum, static_cast<int64_t>(total_targets), r.aux_loss, ga, dist.world_size);
+            // Every rank must use the same rule, so one rank with unknown rows would be a bug in the task.
+            const double aux_w = aux_weight(rows_known ? rows[static_cast<size_t>(i)] : -1, total_rows, ga, dist.world_size);
+            torch::Tensor obj = weighted_micro_batch_objective(r.ce_sum, static_cast<int64_t>(total_targets), r.aux_loss,
+                                                               aux_w, dist.world_size);
             fwd_ms += ms_since(t0);
             t0 = Clock::now();
             if (dist.prepare) dist.prepare(i == ga - 1);
             obj.backward();
             bwd_ms += ms_since(t0);
             ce_sum += r.ce_sum.detach().item<double>();
-            if (r.aux_loss.defined()) aux_sum += r.aux_loss.detach().item<double>() / static_cast<double>(ga);
-            for (auto & [k, v] : r.parts) parts[k] += v / static_cast<double>(ga);
+            // aux_sum: this rank's share of the step's aux loss, so the sum over ranks is the step's value.
+            if (r.aux_loss.defined()) aux_sum += r.aux_loss.detach().item<double>() * aux_w / static_cast<double>(dist.world_size);
+            // Logged parts stay this rank's own row-weighted means (rank 0 logs them).
+            const double part_w = rows_known ? (local_rows > 0 ? static_cast<double>(rows[static_cast<size_t>(i)]) / static_cast<double>(local_rows) : 0.0)
+                                             : 1.0 / static_cast<double>(ga);
+            for (auto & [k, v] : r.parts) parts[k] += v * part_w;
             for (auto & [l, c] : r.counts_E) counts[l] = counts.count(l) ? counts[l] + c.detach() : c.detach();
             for (auto & [l, e] : r.entropy) entropy[l] = entropy.count(l) ? entropy[l] + e.detach() / double(ga) : e.detach() / double(ga);
             tokens += r.n_tokens;
@@ -202,9 +219,10 @@ RunResult run_training(TrainTask & task, const core::Config & cfg, const LoopOpt
         }
         t0 = Clock::now();
         if (dist.finalize) dist.finalize();
-        const double ce_global = dist.sum ? dist.sum(ce_sum) : ce_sum;
-        const double aux_mean = dist.sum ? dist.sum(aux_sum) / dist.world_size : aux_sum;
-        const double loss = ce_global / std::max(1.0, total_targets) + aux_mean;
+        std::vector<double> sums{ce_sum, aux_sum};
+        if (dist.sum) sums = dist.sum(sums);
+        const double ce_global = sums[0], aux_global = sums[1];
+        const double loss = ce_global / std::max(1.0, total_targets) + aux_global;
         const double gnorm = clip_grad_norm(trainable, tc.grad_clip);
         const double lr = schedule.at(step);
         const auto verdict = guard.observe(loss, gnorm);

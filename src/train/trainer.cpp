@@ -214,6 +214,10 @@ public:
         slots_[static_cast<size_t>(i)] = src_.next();
         return slots_[static_cast<size_t>(i)].n_target_tokens;
     }
+    // The routers' losses are means over the rows the attention mask marks real (moe/router.h).
+    int64_t aux_rows(int64_t i) const override {
+        return slots_[static_cast<size_t>(i)].attention_mask.sum().item<int64_t>();
+    }
 
     MicroBatchResult forward(int64_t i) override {
         const data::Batch & b = slots_[static_cast<size_t>(i)];
@@ -412,7 +416,7 @@ StageRun run_stage(const core::Config & cfg, const std::string & resume, std::un
         opt.dist.world_size = comm->world_size();
         opt.dist.prepare = [&](bool sync) { reducer->prepare(sync); };
         opt.dist.finalize = [&]() { reducer->finalize(); };
-        opt.dist.sum = [&](double v) { return dist::all_reduce_sum(*comm, std::vector<double>{v})[0]; };
+        opt.dist.sum = [&](const std::vector<double> & v) { return dist::all_reduce_sum(*comm, v); };
         opt.dist.sum_tensor = [&](const torch::Tensor & t) { return dist::all_reduce_sum(*comm, t); };
         opt.dist.barrier = [&]() { comm->barrier("checkpoint"); };
     }
@@ -421,6 +425,10 @@ StageRun run_stage(const core::Config & cfg, const std::string & resume, std::un
 
     StageRun run;
     RunResult res = run_training(task, cfg, opt);
+    if (reducer && reducer->stats().steps_with_no_local_grad > 0)
+        spdlog::info("dist: rank {}: {} of {} steps had trainable tensors without a gradient on this rank (e.g. experts "
+                     "that got no tokens here); they entered the all-reduce as zeros", comm->rank(),
+                     reducer->stats().steps_with_no_local_grad, reducer->stats().steps);
     run.end_step = res.end_step;
     run.total_steps = total;
     run.stop_reason = res.stop_reason;
