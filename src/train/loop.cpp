@@ -34,6 +34,71 @@ void flatten(const YAML::Node & n, const std::string & path, std::map<std::strin
         out[path] = "";
     }
 }
+
+std::string to_hex(const torch::Tensor & bytes_u8) {
+    static const char * kDigits = "0123456789abcdef";
+    const torch::Tensor c = bytes_u8.contiguous();
+    const auto * p = c.data_ptr<uint8_t>();
+    std::string out(static_cast<size_t>(c.numel()) * 2, '0');
+    for (int64_t i = 0; i < c.numel(); ++i) {
+        out[2 * i] = kDigits[p[i] >> 4];
+        out[2 * i + 1] = kDigits[p[i] & 15];
+    }
+    return out;
+}
+
+torch::Tensor from_hex(const std::string & hex) {
+    auto nib = [](char ch) { return static_cast<uint8_t>(ch <= '9' ? ch - '0' : ch - 'a' + 10); };
+    torch::Tensor t = torch::empty({static_cast<int64_t>(hex.size() / 2)}, torch::kUInt8);
+    auto * p = t.data_ptr<uint8_t>();
+    for (size_t i = 0; i < hex.size() / 2; ++i) p[i] = static_cast<uint8_t>(nib(hex[2 * i]) << 4 | nib(hex[2 * i + 1]));
+    return t;
+}
+
+// One rank's resumable state as text, for DistHooks::gather (the rendezvous store carries strings).
+std::string rank_state_blob(const nlohmann::json & sampler, const io::TensorMap & rng) {
+    nlohmann::json j = {{"sampler", sampler}, {"rng", nlohmann::json::object()}};
+    for (const auto & [k, t] : rng) j["rng"][k] = to_hex(t);
+    return j.dump();
+}
+
+// Restores this rank's own sampler position and RNG state. A checkpoint from another number of ranks is
+// refused: positions count micro-batches dealt round-robin over that many ranks, so they cannot be mapped
+// onto another number of ranks without changing the global batch and the schedule.
+void restore_rank_state(const io::CheckpointData & ck, const std::string & dir, const DistHooks & dist, TrainTask & task) {
+    const nlohmann::json & ts = ck.trainer_state;
+    int64_t saved_world = ts.value("world_size", int64_t{-1});
+    if (saved_world < 0 && ts.contains("sampler") && ts["sampler"].is_object())  // before world_size was recorded
+        saved_world = ts["sampler"].value("world_size", int64_t{-1});
+    if (saved_world > 0 && saved_world != dist.world_size)
+        throw core::ConfigError(
+            "cannot resume from " + dir + " with " + std::to_string(dist.world_size) + " rank(s): it was written by a run with " +
+            std::to_string(saved_world) + ". The position in the data cannot be remapped: each rank's sampler offset counts "
+            "micro-batches dealt round-robin over " + std::to_string(saved_world) + " ranks (and group_by_modality builds its "
+            "megabatches for that many), each rank's RNG state belongs to one of those ranks, and the global batch "
+            "(batch_size x grad_accum x ranks), hence the schedule, would change. Resume with " + std::to_string(saved_world) +
+            " rank(s), or start a new train.output_dir");
+    if (ts.contains("samplers")) {
+        const auto & all = ts["samplers"];
+        if (!all.is_array() || static_cast<int64_t>(all.size()) != dist.world_size)
+            throw io::CheckpointError("checkpoint " + dir + ": trainer_state.json has " + std::to_string(all.size()) +
+                                      " sampler states for " + std::to_string(dist.world_size) + " ranks");
+        io::restore_rng_state(io::rng_state_of_rank(ck.rng, dist.rank));
+        task.restore_data_state(all[static_cast<size_t>(dist.rank)]);
+        return;
+    }
+    // A one-process checkpoint, or a data-parallel one from before per-rank state: rank 0's state for all.
+    // The loader gives every rank the same number of micro-batches, so rank 0's offset is every rank's.
+    if (dist.world_size > 1)
+        spdlog::warn("resume: {} holds only rank 0's sampler and RNG state (written before per-rank state); "
+                     "every rank continues from rank 0's", dir);
+    io::restore_rng_state(ck.rng);
+    if (ts.contains("sampler")) {
+        nlohmann::json sampler = ts["sampler"];
+        if (sampler.is_object() && sampler.contains("rank")) sampler["rank"] = dist.rank;
+        task.restore_data_state(sampler);
+    }
+}
 }  // namespace
 
 std::vector<std::string> config_differences(const std::string & stored_yaml, const std::string & current_yaml) {
@@ -113,8 +178,7 @@ RunResult run_training(TrainTask & task, const core::Config & cfg, const LoopOpt
             task.load_checkpoint_weights(ck.model);
             if (!ck.optimizer.empty()) optimizer.load_state_dict(ck.optimizer);
             else spdlog::warn("resume: {} has no optimizer state (checkpoint.save_optimizer was off); AdamW restarts", dir);
-            io::restore_rng_state(ck.rng);
-            if (ck.trainer_state.contains("sampler")) task.restore_data_state(ck.trainer_state["sampler"]);
+            restore_rank_state(ck, dir, dist, task);
             const auto & nf = ck.trainer_state.value("nonfinite", nlohmann::json::object());
             guard.restore(nf.value("in_row", int64_t{0}), nf.value("total", int64_t{0}));
             step = ck.step;
@@ -126,17 +190,33 @@ RunResult run_training(TrainTask & task, const core::Config & cfg, const LoopOpt
 
     auto save = [&](bool final_save) {
         if (!opt.checkpoints) return;
+        // Every rank's sampler position and RNG state travel to rank 0, which alone writes the checkpoint
+        // (one writer keeps the temp-folder/fsync/rename protocol and the manifest exactly as for one process).
+        std::vector<std::string> rank_states;
+        if (dist.world_size > 1 && dist.gather) rank_states = dist.gather(rank_state_blob(task.data_state(), io::capture_rng_state()));
         std::string path;
         if (dist.is_main()) {
             io::CheckpointData ck;
             ck.step = step;
             ck.model = task.checkpoint_weights();
             if (cfg.checkpoint.save_optimizer) ck.optimizer = optimizer.state_dict();
-            ck.rng = io::capture_rng_state();
             ck.trainer_state = task.checkpoint_info();
             ck.trainer_state["stage"] = tc.stage;
             ck.trainer_state["epoch"] = task.epoch();
-            ck.trainer_state["sampler"] = task.data_state();
+            ck.trainer_state["sampler"] = task.data_state();  // rank 0's; "samplers" holds every rank's
+            ck.trainer_state["world_size"] = dist.world_size;
+            if (rank_states.empty()) {
+                ck.rng = io::capture_rng_state();
+            } else {
+                nlohmann::json samplers = nlohmann::json::array();
+                for (size_t r = 0; r < rank_states.size(); ++r) {
+                    const nlohmann::json j = nlohmann::json::parse(rank_states[r]);
+                    samplers.push_back(j.at("sampler"));
+                    for (const auto & [k, hex] : j.at("rng").items())
+                        ck.rng["rank" + std::to_string(r) + "/" + k] = from_hex(hex.get<std::string>());
+                }
+                ck.trainer_state["samplers"] = samplers;
+            }
             ck.trainer_state["nonfinite"] = {{"in_row", guard.in_row()}, {"total", guard.total_skipped()}};
             ck.trainer_state["schedule"] = {{"total_steps", schedule.total_steps}, {"warmup_steps", schedule.warmup_steps},
                                             {"peak_lr", schedule.peak_lr}, {"min_lr_ratio", schedule.min_lr_ratio}};

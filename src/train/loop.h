@@ -71,6 +71,8 @@ struct DistHooks {
     std::function<std::vector<double>(const std::vector<double> &)> sum;
     std::function<torch::Tensor(const torch::Tensor &)> sum_tensor;  // all-reduce sum of a small tensor (expert counts)
     std::function<void()> barrier;
+    // every rank's string, in rank order, on every rank (small blobs: per-rank checkpoint state)
+    std::function<std::vector<std::string>(const std::string &)> gather;
     bool is_main() const { return rank == 0; }
 };
 

@@ -419,6 +419,7 @@ StageRun run_stage(const core::Config & cfg, const std::string & resume, std::un
         opt.dist.sum = [&](const std::vector<double> & v) { return dist::all_reduce_sum(*comm, v); };
         opt.dist.sum_tensor = [&](const torch::Tensor & t) { return dist::all_reduce_sum(*comm, t); };
         opt.dist.barrier = [&]() { comm->barrier("checkpoint"); };
+        opt.dist.gather = [&](const std::string & mine) { return comm->all_gather_bytes(mine, "checkpoint rank state"); };
     }
     spdlog::info("stage {}: {} optimizer steps (batch {} x grad_accum {} x world {}), device {}", cfg.train.stage, total,
                  cfg.data.batch_size, cfg.data.grad_accum, env.world_size, opt.device_name);
