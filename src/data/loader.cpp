@@ -366,6 +366,8 @@ void DataLoader::load_state(const nlohmann::json & j) {
         same("batch_size", opt_.batch_size);
         same("grad_accum", opt_.grad_accum);
         same("dataset_size", static_cast<int64_t>(ds_->size()));
+        // Ranks own different micro-batches: a swapped state would silently repeat another rank's data.
+        if (j.contains("rank")) same("rank", opt_.rank);
         if (j.at("group_by_modality").get<bool>() != opt_.group_by_modality)
             throw DataError("loader state was saved with a different group_by_modality setting");
         stop_workers();

@@ -185,6 +185,9 @@ void GradReducer::finalize() {
     prepared_ = false;
     if (!active_ || !sync_) return;  // world size 1, or a non-final micro-step: nothing to reduce
 
+    stats_.no_local_grad_last = 0;
+    for (const auto & s : slots_) stats_.no_local_grad_last += s.got_grad ? 0 : 1;
+    if (stats_.no_local_grad_last > 0) stats_.steps_with_no_local_grad += 1;
     // What backward did not reach (unused here, or everything when overlap is off) goes as it stands:
     // the earlier micro-steps' sum, or zeros.
     for (auto & s : slots_) {

@@ -62,6 +62,10 @@ public:
         double wait_s_total = 0.0;
         double finalize_s_last = 0.0;  // finalize(): whole call (launch rest, wait, average)
         double finalize_s_total = 0.0;
+        // Trainable tensors that got no gradient on THIS rank in the last step (an expert without tokens
+        // here), and the number of steps that had any: how often the unused-parameter path really ran.
+        int64_t no_local_grad_last = 0;
+        int64_t steps_with_no_local_grad = 0;
     };
 
     // params: every parameter of the model in a deterministic order that is the same on all ranks

@@ -15,6 +15,8 @@
 #include <regex>
 #include <sstream>
 
+#include <cstdlib>
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -247,6 +249,24 @@ TensorMap capture_rng_state() {
     return out;
 }
 
+TensorMap rng_state_of_rank(const TensorMap & rng, int rank) {
+    const std::string prefix = "rank" + std::to_string(rank) + "/";
+    TensorMap mine;
+    bool per_rank = false;
+    for (const auto & [key, state] : rng) {
+        if (key.rfind("rank", 0) == 0 && key.find('/') != std::string::npos) {
+            per_rank = true;
+            if (key.rfind(prefix, 0) == 0) mine[key.substr(prefix.size())] = state;
+        }
+    }
+    if (!per_rank) {
+        if (rank != 0) throw CheckpointError("checkpoint: the RNG state is a one-process run's; rank " + std::to_string(rank) + " has none");
+        return rng;
+    }
+    if (mine.empty()) throw CheckpointError("checkpoint: no RNG state for rank " + std::to_string(rank));
+    return mine;
+}
+
 void restore_rng_state(const TensorMap & rng) {
     for (const auto & [key, state] : rng) {
         if (key == "cpu") {
@@ -286,12 +306,47 @@ std::vector<std::string> list_checkpoints(const std::string & output_dir) {
     return out;
 }
 
+namespace {
+
+// Temporary folders of saves that never finished (the process was killed, the machine lost power). One
+// writer per output_dir (rank 0) means any *.tmp found before a save is dead; it is never a candidate
+// for resume (list_checkpoints only takes renamed folders), so removing it only frees the space.
+void remove_stale_temporaries(const std::string & output_dir) {
+    std::error_code ec;
+    if (!fs::is_directory(output_dir, ec)) return;
+    static const std::regex kTmp(R"(^(checkpoint-\d+\.tmp|latest\.tmp)$)");
+    std::vector<fs::path> stale;
+    for (const auto & e : fs::directory_iterator(output_dir, ec))
+        if (std::regex_match(e.path().filename().string(), kTmp)) stale.push_back(e.path());
+    for (const auto & p : stale) {
+        spdlog::warn("checkpoint: removing {} left by an interrupted save", p.string());
+        fs::remove_all(p, ec);
+        if (ec) spdlog::warn("checkpoint: could not remove {}: {}", p.string(), ec.message());
+    }
+}
+
+// Test hook for the kill -9 test (tests/integration/test_train_dist.cpp): IDAMOE_TEST_PAUSE_IN_SAVE=STEP:PATH
+// makes the save of checkpoint STEP stop after model.safetensors is in the temporary folder, create PATH,
+// and wait there until the test SIGKILLs the process. Inert unless the variable is set.
+void test_pause_in_save(int64_t step) {
+    const char * spec = std::getenv("IDAMOE_TEST_PAUSE_IN_SAVE");
+    if (spec == nullptr) return;
+    const std::string s(spec);
+    const auto colon = s.find(':');
+    if (colon == std::string::npos || std::stoll(s.substr(0, colon)) != step) return;
+    { std::ofstream(s.substr(colon + 1)) << step << "\n"; }
+    for (;;) ::pause();
+}
+
+}  // namespace
+
 std::string save_checkpoint(const std::string & output_dir, const CheckpointData & data, int64_t keep_last) {
     const std::string name = checkpoint_name(data.step);
     const fs::path final_dir = fs::path(output_dir) / name;
     const fs::path tmp_dir = fs::path(output_dir) / (name + ".tmp");
     const auto previous = list_checkpoints(output_dir);
     std::error_code ec;
+    remove_stale_temporaries(output_dir);
     try {
         fs::create_directories(output_dir);
         fs::remove_all(tmp_dir, ec);
@@ -301,6 +356,7 @@ std::string save_checkpoint(const std::string & output_dir, const CheckpointData
             files[file] = {{"size", sc.first}, {"crc32", sc.second}};
         };
         record("model.safetensors", write_safetensors_checked((tmp_dir / "model.safetensors").string(), data.model));
+        test_pause_in_save(data.step);
         record("optimizer.safetensors", write_safetensors_checked((tmp_dir / "optimizer.safetensors").string(), data.optimizer));
         record("rng.safetensors", write_safetensors_checked((tmp_dir / "rng.safetensors").string(), data.rng));
         nlohmann::json state = data.trainer_state;

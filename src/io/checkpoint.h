@@ -1,16 +1,19 @@
 // defines: CheckpointError, CheckpointData, save_checkpoint, load_checkpoint, verify_checkpoint,
-//          list_checkpoints, resolve_resume, capture_rng_state, restore_rng_state, crc32
+//          list_checkpoints, resolve_resume, capture_rng_state, rng_state_of_rank, restore_rng_state, crc32
 //
 // A checkpoint is a folder <output_dir>/checkpoint-<step, 8 digits>/ holding
 //   model.safetensors      trainable (or all) weights under their HF/LLaVA names
 //   optimizer.safetensors  AdamW state (exp_avg/<name>, exp_avg_sq/<name>, step/<name>)
-//   rng.safetensors        CPU generator state (+ one per CUDA device)
-//   trainer_state.json     step, schedule, sampler position, counters, base model reference (owned by the trainer)
+//   rng.safetensors        CPU generator state (+ one per CUDA device): "cpu", "cuda:<i>" in a one-process run;
+//                          "rank<r>/cpu", "rank<r>/cuda:<i>" for EVERY rank r of a data-parallel run
+//   trainer_state.json     step, schedule, sampler position(s), world size, counters, base model reference
+//                          (owned by the trainer; data-parallel runs keep one sampler position per rank)
 //   config.yaml            the resolved config (core::config_to_yaml)
 //   manifest.json          format version + size and CRC-32 of every file above; written last
 // It is written into checkpoint-<step>.tmp/, every file and the folder fsynced, then renamed; then
 // <output_dir>/latest (the newest complete checkpoint's folder name) is replaced atomically. A failed write
 // (full disk, quota) removes the temporary folder and leaves the previous checkpoint and `latest` valid.
+// A temporary folder left by a killed save is never resumed from, and the next save removes it.
 #pragma once
 
 #include "io/safetensors.h"
@@ -59,6 +62,9 @@ std::vector<std::string> list_checkpoints(const std::string & output_dir);
 std::string resolve_resume(const std::string & output_dir, const std::string & spec);
 
 TensorMap capture_rng_state();                 // "cpu", "cuda:<i>" as uint8 tensors
+// This rank's entries of a checkpoint's RNG map (prefix "rank<r>/" removed); the unprefixed entries of a
+// one-process checkpoint for rank 0. Throws CheckpointError when the checkpoint holds none for `rank`.
+TensorMap rng_state_of_rank(const TensorMap & rng, int rank);
 void restore_rng_state(const TensorMap & rng); // throws CheckpointError if a CUDA state has no device here
 
 uint32_t crc32(const void * data, size_t n, uint32_t crc = 0);  // IEEE 802.3 (zlib-compatible)

@@ -1,6 +1,8 @@
 // IDA-MoE router; see ida_router.h for the gradient-flow contract and the autoencoder choice.
 #include "moe/ida_router.h"
 
+#include "core/autocast.h"
+
 #include <cmath>
 
 namespace idamoe::moe {
@@ -37,6 +39,8 @@ RouteOut IdaRouterImpl::route(const torch::Tensor & x_TD, const torch::Tensor & 
     TORCH_CHECK(x_TD.dim() == 2 && x_TD.size(1) == D, "ida router (layer ", cfg_.layer_index, "): expected x [T, ",
                 D, "], got ", x_TD.sizes());
     RouteOut out;
+    // Under bf16 autocast the AE/GMM math would drop to bf16; it stays fp32 (core/autocast.h).
+    const core::Fp32Region fp32_region;
 
     // eq. 12-13: autoencoder on sg(u); L_AE = mean over real rows of the per-row MSE
     const torch::Tensor u_TD = x_TD.detach().to(gmm_set(0).means.scalar_type());  // router dtype: fp32 (fp64 in tests)

@@ -34,6 +34,71 @@ void flatten(const YAML::Node & n, const std::string & path, std::map<std::strin
         out[path] = "";
     }
 }
+
+std::string to_hex(const torch::Tensor & bytes_u8) {
+    static const char * kDigits = "0123456789abcdef";
+    const torch::Tensor c = bytes_u8.contiguous();
+    const auto * p = c.data_ptr<uint8_t>();
+    std::string out(static_cast<size_t>(c.numel()) * 2, '0');
+    for (int64_t i = 0; i < c.numel(); ++i) {
+        out[2 * i] = kDigits[p[i] >> 4];
+        out[2 * i + 1] = kDigits[p[i] & 15];
+    }
+    return out;
+}
+
+torch::Tensor from_hex(const std::string & hex) {
+    auto nib = [](char ch) { return static_cast<uint8_t>(ch <= '9' ? ch - '0' : ch - 'a' + 10); };
+    torch::Tensor t = torch::empty({static_cast<int64_t>(hex.size() / 2)}, torch::kUInt8);
+    auto * p = t.data_ptr<uint8_t>();
+    for (size_t i = 0; i < hex.size() / 2; ++i) p[i] = static_cast<uint8_t>(nib(hex[2 * i]) << 4 | nib(hex[2 * i + 1]));
+    return t;
+}
+
+// One rank's resumable state as text, for DistHooks::gather (the rendezvous store carries strings).
+std::string rank_state_blob(const nlohmann::json & sampler, const io::TensorMap & rng) {
+    nlohmann::json j = {{"sampler", sampler}, {"rng", nlohmann::json::object()}};
+    for (const auto & [k, t] : rng) j["rng"][k] = to_hex(t);
+    return j.dump();
+}
+
+// Restores this rank's own sampler position and RNG state. A checkpoint from another number of ranks is
+// refused: positions count micro-batches dealt round-robin over that many ranks, so they cannot be mapped
+// onto another number of ranks without changing the global batch and the schedule.
+void restore_rank_state(const io::CheckpointData & ck, const std::string & dir, const DistHooks & dist, TrainTask & task) {
+    const nlohmann::json & ts = ck.trainer_state;
+    int64_t saved_world = ts.value("world_size", int64_t{-1});
+    if (saved_world < 0 && ts.contains("sampler") && ts["sampler"].is_object())  // before world_size was recorded
+        saved_world = ts["sampler"].value("world_size", int64_t{-1});
+    if (saved_world > 0 && saved_world != dist.world_size)
+        throw core::ConfigError(
+            "cannot resume from " + dir + " with " + std::to_string(dist.world_size) + " rank(s): it was written by a run with " +
+            std::to_string(saved_world) + ". The position in the data cannot be remapped: each rank's sampler offset counts "
+            "micro-batches dealt round-robin over " + std::to_string(saved_world) + " ranks (and group_by_modality builds its "
+            "megabatches for that many), each rank's RNG state belongs to one of those ranks, and the global batch "
+            "(batch_size x grad_accum x ranks), hence the schedule, would change. Resume with " + std::to_string(saved_world) +
+            " rank(s), or start a new train.output_dir");
+    if (ts.contains("samplers")) {
+        const auto & all = ts["samplers"];
+        if (!all.is_array() || static_cast<int64_t>(all.size()) != dist.world_size)
+            throw io::CheckpointError("checkpoint " + dir + ": trainer_state.json has " + std::to_string(all.size()) +
+                                      " sampler states for " + std::to_string(dist.world_size) + " ranks");
+        io::restore_rng_state(io::rng_state_of_rank(ck.rng, dist.rank));
+        task.restore_data_state(all[static_cast<size_t>(dist.rank)]);
+        return;
+    }
+    // A one-process checkpoint, or a data-parallel one from before per-rank state: rank 0's state for all.
+    // The loader gives every rank the same number of micro-batches, so rank 0's offset is every rank's.
+    if (dist.world_size > 1)
+        spdlog::warn("resume: {} holds only rank 0's sampler and RNG state (written before per-rank state); "
+                     "every rank continues from rank 0's", dir);
+    io::restore_rng_state(ck.rng);
+    if (ts.contains("sampler")) {
+        nlohmann::json sampler = ts["sampler"];
+        if (sampler.is_object() && sampler.contains("rank")) sampler["rank"] = dist.rank;
+        task.restore_data_state(sampler);
+    }
+}
 }  // namespace
 
 std::vector<std::string> config_differences(const std::string & stored_yaml, const std::string & current_yaml) {
@@ -113,8 +178,7 @@ RunResult run_training(TrainTask & task, const core::Config & cfg, const LoopOpt
             task.load_checkpoint_weights(ck.model);
             if (!ck.optimizer.empty()) optimizer.load_state_dict(ck.optimizer);
             else spdlog::warn("resume: {} has no optimizer state (checkpoint.save_optimizer was off); AdamW restarts", dir);
-            io::restore_rng_state(ck.rng);
-            if (ck.trainer_state.contains("sampler")) task.restore_data_state(ck.trainer_state["sampler"]);
+            restore_rank_state(ck, dir, dist, task);
             const auto & nf = ck.trainer_state.value("nonfinite", nlohmann::json::object());
             guard.restore(nf.value("in_row", int64_t{0}), nf.value("total", int64_t{0}));
             step = ck.step;
@@ -126,17 +190,33 @@ RunResult run_training(TrainTask & task, const core::Config & cfg, const LoopOpt
 
     auto save = [&](bool final_save) {
         if (!opt.checkpoints) return;
+        // Every rank's sampler position and RNG state travel to rank 0, which alone writes the checkpoint
+        // (one writer keeps the temp-folder/fsync/rename protocol and the manifest exactly as for one process).
+        std::vector<std::string> rank_states;
+        if (dist.world_size > 1 && dist.gather) rank_states = dist.gather(rank_state_blob(task.data_state(), io::capture_rng_state()));
         std::string path;
         if (dist.is_main()) {
             io::CheckpointData ck;
             ck.step = step;
             ck.model = task.checkpoint_weights();
             if (cfg.checkpoint.save_optimizer) ck.optimizer = optimizer.state_dict();
-            ck.rng = io::capture_rng_state();
             ck.trainer_state = task.checkpoint_info();
             ck.trainer_state["stage"] = tc.stage;
             ck.trainer_state["epoch"] = task.epoch();
-            ck.trainer_state["sampler"] = task.data_state();
+            ck.trainer_state["sampler"] = task.data_state();  // rank 0's; "samplers" holds every rank's
+            ck.trainer_state["world_size"] = dist.world_size;
+            if (rank_states.empty()) {
+                ck.rng = io::capture_rng_state();
+            } else {
+                nlohmann::json samplers = nlohmann::json::array();
+                for (size_t r = 0; r < rank_states.size(); ++r) {
+                    const nlohmann::json j = nlohmann::json::parse(rank_states[r]);
+                    samplers.push_back(j.at("sampler"));
+                    for (const auto & [k, hex] : j.at("rng").items())
+                        ck.rng["rank" + std::to_string(r) + "/" + k] = from_hex(hex.get<std::string>());
+                }
+                ck.trainer_state["samplers"] = samplers;
+            }
             ck.trainer_state["nonfinite"] = {{"in_row", guard.in_row()}, {"total", guard.total_skipped()}};
             ck.trainer_state["schedule"] = {{"total_steps", schedule.total_steps}, {"warmup_steps", schedule.warmup_steps},
                                             {"peak_lr", schedule.peak_lr}, {"min_lr_ratio", schedule.min_lr_ratio}};
@@ -172,11 +252,21 @@ RunResult run_training(TrainTask & task, const core::Config & cfg, const LoopOpt
             break;
         }
         const auto t_step = Clock::now();
-        // 1. Data: all micro-batches first, so the loss can be normalised by the step's total target tokens.
+        // 1. Data: all micro-batches first, so the losses can be normalised by the step's total target
+        //    tokens and real rows over all ranks (train/loss.h); one collective for both counts.
         auto t0 = Clock::now();
-        int64_t local_targets = 0;
-        for (int64_t i = 0; i < ga; ++i) local_targets += task.load_micro_batch(i);
-        const double total_targets = dist.sum ? dist.sum(static_cast<double>(local_targets)) : static_cast<double>(local_targets);
+        int64_t local_targets = 0, local_rows = 0;
+        std::vector<int64_t> rows(static_cast<size_t>(ga));
+        bool rows_known = true;
+        for (int64_t i = 0; i < ga; ++i) {
+            local_targets += task.load_micro_batch(i);
+            rows[static_cast<size_t>(i)] = task.aux_rows(i);
+            rows_known = rows_known && rows[static_cast<size_t>(i)] >= 0;
+            local_rows += std::max<int64_t>(0, rows[static_cast<size_t>(i)]);
+        }
+        std::vector<double> counts_global{static_cast<double>(local_targets), static_cast<double>(local_rows)};
+        if (dist.sum) counts_global = dist.sum(counts_global);
+        const double total_targets = counts_global[0], total_rows = counts_global[1];
         const double data_ms = ms_since(t0);
         // 2. Forward/backward per micro-batch.
         double ce_sum = 0, aux_sum = 0, fwd_ms = 0, bwd_ms = 0, flops = 0;
@@ -186,15 +276,22 @@ RunResult run_training(TrainTask & task, const core::Config & cfg, const LoopOpt
         for (int64_t i = 0; i < ga; ++i) {
             t0 = Clock::now();
             MicroBatchResult r = task.forward(i);
-            torch::Tensor obj = micro_batch_objective(r.ce_sum, static_cast<int64_t>(total_targets), r.aux_loss, ga, dist.world_size);
+            // Every rank must use the same rule, so one rank with unknown rows would be a bug in the task.
+            const double aux_w = aux_weight(rows_known ? rows[static_cast<size_t>(i)] : -1, total_rows, ga, dist.world_size);
+            torch::Tensor obj = weighted_micro_batch_objective(r.ce_sum, static_cast<int64_t>(total_targets), r.aux_loss,
+                                                               aux_w, dist.world_size);
             fwd_ms += ms_since(t0);
             t0 = Clock::now();
             if (dist.prepare) dist.prepare(i == ga - 1);
             obj.backward();
             bwd_ms += ms_since(t0);
             ce_sum += r.ce_sum.detach().item<double>();
-            if (r.aux_loss.defined()) aux_sum += r.aux_loss.detach().item<double>() / static_cast<double>(ga);
-            for (auto & [k, v] : r.parts) parts[k] += v / static_cast<double>(ga);
+            // aux_sum: this rank's share of the step's aux loss, so the sum over ranks is the step's value.
+            if (r.aux_loss.defined()) aux_sum += r.aux_loss.detach().item<double>() * aux_w / static_cast<double>(dist.world_size);
+            // Logged parts stay this rank's own row-weighted means (rank 0 logs them).
+            const double part_w = rows_known ? (local_rows > 0 ? static_cast<double>(rows[static_cast<size_t>(i)]) / static_cast<double>(local_rows) : 0.0)
+                                             : 1.0 / static_cast<double>(ga);
+            for (auto & [k, v] : r.parts) parts[k] += v * part_w;
             for (auto & [l, c] : r.counts_E) counts[l] = counts.count(l) ? counts[l] + c.detach() : c.detach();
             for (auto & [l, e] : r.entropy) entropy[l] = entropy.count(l) ? entropy[l] + e.detach() / double(ga) : e.detach() / double(ga);
             tokens += r.n_tokens;
@@ -202,9 +299,10 @@ RunResult run_training(TrainTask & task, const core::Config & cfg, const LoopOpt
         }
         t0 = Clock::now();
         if (dist.finalize) dist.finalize();
-        const double ce_global = dist.sum ? dist.sum(ce_sum) : ce_sum;
-        const double aux_mean = dist.sum ? dist.sum(aux_sum) / dist.world_size : aux_sum;
-        const double loss = ce_global / std::max(1.0, total_targets) + aux_mean;
+        std::vector<double> sums{ce_sum, aux_sum};
+        if (dist.sum) sums = dist.sum(sums);
+        const double ce_global = sums[0], aux_global = sums[1];
+        const double loss = ce_global / std::max(1.0, total_targets) + aux_global;
         const double gnorm = clip_grad_norm(trainable, tc.grad_clip);
         const double lr = schedule.at(step);
         const auto verdict = guard.observe(loss, gnorm);

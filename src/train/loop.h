@@ -43,6 +43,11 @@ public:
     virtual ~TrainTask() = default;
     // Reads the next micro-batch into slot i (0 <= i < grad_accum); returns its target-token count.
     virtual int64_t load_micro_batch(int64_t i) = 0;
+    // Rows (real, unpadded tokens) of slot i over which its aux_loss is a mean, or -1 when the task's aux
+    // loss is not such a mean. Known row counts let the loop weigh each micro-batch's aux loss by its
+    // share of the step's rows on all ranks, so router losses are per-token means over the global batch
+    // like the CE (train/loss.h); -1 falls back to averaging per-micro-batch means.
+    virtual int64_t aux_rows(int64_t i) const { return -1; }
     // Forward of slot i in training mode.
     virtual MicroBatchResult forward(int64_t i) = 0;
     virtual double epoch() const = 0;
@@ -62,9 +67,12 @@ struct DistHooks {
     int rank = 0, world_size = 1;
     std::function<void(bool sync)> prepare;          // before each micro-step's backward (GradReducer::prepare)
     std::function<void()> finalize;                  // after the last backward (GradReducer::finalize)
-    std::function<double(double)> sum;               // all-reduce sum of a scalar
+    // all-reduce sum of a few host numbers (one collective for all of them)
+    std::function<std::vector<double>(const std::vector<double> &)> sum;
     std::function<torch::Tensor(const torch::Tensor &)> sum_tensor;  // all-reduce sum of a small tensor (expert counts)
     std::function<void()> barrier;
+    // every rank's string, in rank order, on every rank (small blobs: per-rank checkpoint state)
+    std::function<std::vector<std::string>(const std::string &)> gather;
     bool is_main() const { return rank == 0; }
 };
 

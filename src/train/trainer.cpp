@@ -3,6 +3,7 @@
 // Legend: B batch, T tokens, I images.
 #include "train/trainer.h"
 
+#include "core/autocast.h"
 #include "core/log.h"
 
 #include "data/dataset.h"
@@ -205,18 +206,26 @@ private:
 
 class LlavaTask : public TrainTask {
 public:
-    LlavaTask(StageModel & sm, BatchSource & src, torch::Device device) : sm_(sm), src_(src), device_(device) {}
+    LlavaTask(StageModel & sm, BatchSource & src, torch::Device device, bool autocast_bf16)
+        : sm_(sm), src_(src), device_(device), autocast_bf16_(autocast_bf16) {}
 
     int64_t load_micro_batch(int64_t i) override {
         if (static_cast<int64_t>(slots_.size()) <= i) slots_.resize(static_cast<size_t>(i) + 1);
         slots_[static_cast<size_t>(i)] = src_.next();
         return slots_[static_cast<size_t>(i)].n_target_tokens;
     }
+    // The routers' losses are means over the rows the attention mask marks real (moe/router.h).
+    int64_t aux_rows(int64_t i) const override {
+        return slots_[static_cast<size_t>(i)].attention_mask.sum().item<int64_t>();
+    }
 
     MicroBatchResult forward(int64_t i) override {
         const data::Batch & b = slots_[static_cast<size_t>(i)];
         auto ids_BT = b.input_ids.to(device_), mask_BT = b.attention_mask.to(device_), labels_BT = b.labels.to(device_);
         torch::Tensor images_ICHW = b.images.defined() ? b.images.to(device_) : torch::Tensor();
+        // model.dtype bfloat16 on CUDA: forward and loss under bf16 autocast, fp32 master weights; backward
+        // runs outside the scope, as autocast requires (unverified on GPU, see core/autocast.h).
+        const core::AutocastScope autocast(autocast_bf16_);
         model::LlavaOutput out = sm_.llava->forward(ids_BT, mask_BT, images_ICHW);
         MicroBatchResult r;
         auto ls = model::causal_lm_loss_sum(out.logits_BTV, labels_BT.masked_fill(ids_BT == model::kImageTokenId, model::kIgnoreIndex));
@@ -278,6 +287,7 @@ private:
     StageModel & sm_;
     BatchSource & src_;
     torch::Device device_;
+    bool autocast_bf16_ = false;
     std::vector<data::Batch> slots_;
 };
 
@@ -376,6 +386,7 @@ StageRun run_stage(const core::Config & cfg, const std::string & resume, std::un
         dist::check_same_config(*comm, dist::config_hash(core::config_to_yaml(cfg)));
     }
     const torch::Device device = pick_device(cfg, env.local_rank);
+    const bool autocast_bf16 = core::check_compute_dtype(cfg.model.dtype, device);
     torch::manual_seed(static_cast<uint64_t>(cfg.train.seed));
 
     StageModel sm = build_stage_model(cfg);
@@ -388,7 +399,7 @@ StageRun run_stage(const core::Config & cfg, const std::string & resume, std::un
     if (!source) source = std::make_unique<LoaderSource>(cfg, env.rank, env.world_size);
     const int64_t total = total_optimizer_steps(source->num_samples(), cfg.data.batch_size, env.world_size,
                                                 cfg.data.grad_accum, cfg.train.epochs, cfg.train.max_steps);
-    LlavaTask task(sm, *source, device);
+    LlavaTask task(sm, *source, device, autocast_bf16);
     const FlopModel flops = make_flop_model(sm, cfg);
 
     LoopOptions opt;
@@ -405,15 +416,20 @@ StageRun run_stage(const core::Config & cfg, const std::string & resume, std::un
         opt.dist.world_size = comm->world_size();
         opt.dist.prepare = [&](bool sync) { reducer->prepare(sync); };
         opt.dist.finalize = [&]() { reducer->finalize(); };
-        opt.dist.sum = [&](double v) { return dist::all_reduce_sum(*comm, std::vector<double>{v})[0]; };
+        opt.dist.sum = [&](const std::vector<double> & v) { return dist::all_reduce_sum(*comm, v); };
         opt.dist.sum_tensor = [&](const torch::Tensor & t) { return dist::all_reduce_sum(*comm, t); };
         opt.dist.barrier = [&]() { comm->barrier("checkpoint"); };
+        opt.dist.gather = [&](const std::string & mine) { return comm->all_gather_bytes(mine, "checkpoint rank state"); };
     }
     spdlog::info("stage {}: {} optimizer steps (batch {} x grad_accum {} x world {}), device {}", cfg.train.stage, total,
                  cfg.data.batch_size, cfg.data.grad_accum, env.world_size, opt.device_name);
 
     StageRun run;
     RunResult res = run_training(task, cfg, opt);
+    if (reducer && reducer->stats().steps_with_no_local_grad > 0)
+        spdlog::info("dist: rank {}: {} of {} steps had trainable tensors without a gradient on this rank (e.g. experts "
+                     "that got no tokens here); they entered the all-reduce as zeros", comm->rank(),
+                     reducer->stats().steps_with_no_local_grad, reducer->stats().steps);
     run.end_step = res.end_step;
     run.total_steps = total;
     run.stop_reason = res.stop_reason;

@@ -197,6 +197,72 @@ TEST_CASE("loop: resuming with an incompatible config names the differing keys",
                                                       !Catch::Contains("stop_after"));
 }
 
+namespace {
+std::string hex_of(const torch::Tensor & u8) {
+    std::string out;
+    char buf[3];
+    for (int64_t i = 0; i < u8.numel(); ++i) {
+        std::snprintf(buf, sizeof buf, "%02x", u8.data_ptr<uint8_t>()[i]);
+        out += buf;
+    }
+    return out;
+}
+}  // namespace
+
+// In one process, with DistHooks standing in for a 2-rank job: rank 1's state differs from rank 0's here
+// (position and RNG stream), which the real 2-rank test (test_train_dist.cpp) cannot show because its
+// ranks' positions and RNG streams happen to be equal.
+TEST_CASE("loop: every rank's sampler and RNG state is saved, each rank resumes its own, another world size is refused", "[train]") {
+    test::TempDir dir;
+    torch::manual_seed(4242);
+    const std::string rank1_rng = hex_of(io::capture_rng_state().at("cpu"));
+    auto cfg = toy_config(dir.str(), 2);
+    ToyTask t0(4, 64);
+    LoopOptions opt;
+    opt.total_steps = 2;
+    opt.dist.world_size = 2;
+    opt.dist.rank = 0;
+    opt.dist.gather = [&](const std::string & mine) {
+        nlohmann::json other = nlohmann::json::parse(mine);
+        other["sampler"]["position"] = 1000;
+        other["rng"]["cpu"] = rank1_rng;
+        return std::vector<std::string>{mine, other.dump()};
+    };
+    run_training(t0, cfg, opt);
+    const io::CheckpointData ck = io::load_checkpoint(ckpt(dir.str(), 2));
+    CHECK(ck.trainer_state.at("world_size") == 2);
+    CHECK(ck.trainer_state.at("samplers")[0].at("position") == 16);
+    CHECK(ck.trainer_state.at("samplers")[1].at("position") == 1000);
+    CHECK(hex_of(ck.rng.at("rank1/cpu")) == rank1_rng);
+    CHECK(hex_of(ck.rng.at("rank0/cpu")) != rank1_rng);
+
+    // Rank 1 resumes (no steps left, so its final save hands over exactly what it restored).
+    ToyTask t1(4, 64);
+    LoopOptions r1 = opt;
+    r1.dist.rank = 1;
+    r1.resume = "auto";
+    std::string restored;
+    r1.dist.gather = [&](const std::string & mine) {
+        restored = mine;
+        return std::vector<std::string>{mine, mine};
+    };
+    run_training(t1, cfg, r1);
+    REQUIRE_FALSE(restored.empty());
+    const auto j = nlohmann::json::parse(restored);
+    CHECK(j.at("sampler").at("position") == 1000);
+    CHECK(j.at("rng").at("cpu") == rank1_rng);
+
+    for (int world : {1, 3}) {
+        ToyTask t(4, 64);
+        LoopOptions o = opt;
+        o.dist.world_size = world;
+        o.dist.rank = 0;
+        o.resume = "auto";
+        CHECK_THROWS_WITH(run_training(t, cfg, o), Catch::Contains("it was written by a run with 2") &&
+                                                       Catch::Contains("cannot be remapped"));
+    }
+}
+
 TEST_CASE("loop: grad accumulation equals one big batch (token-mean loss)", "[train]") {
     test::TempDir a, b;
     auto ca = toy_config(a.str(), 3), cb = toy_config(b.str(), 3);

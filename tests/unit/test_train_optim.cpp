@@ -148,6 +148,35 @@ TEST_CASE("train: loss normalisation is per target token over the accumulated ba
     CHECK(micro_batch_objective(torch::tensor(0.0), 10, aux, 2).item<double>() == Approx(2.0));
 }
 
+TEST_CASE("train: router losses are per real token over the global batch, however ranks split it", "[train]") {
+    // A per-token loss over 120 rows split 90 / 30 over 2 ranks (one micro-batch each), then 50 / 40 / 30
+    // over 3 micro-batches on one rank: the reduced objective (rank sum / world, as GradReducer averages)
+    // must equal the mean over all 120 rows at once; averaging the per-micro-batch means would not.
+    torch::manual_seed(6);
+    auto w = torch::randn({5}, torch::requires_grad());
+    auto x = torch::randn({120, 5});
+    auto row_loss = [&](int64_t lo, int64_t hi) { return x.slice(0, lo, hi).matmul(w).square().mean(); };
+    auto g_full = torch::autograd::grad({row_loss(0, 120)}, {w})[0];
+    auto reduced = [&](const std::vector<std::pair<int64_t, int64_t>> & parts, int64_t world, int64_t ga) {
+        torch::Tensor g = torch::zeros_like(w);
+        for (auto [lo, hi] : parts) {
+            auto obj = weighted_micro_batch_objective(torch::tensor(0.0), 1, row_loss(lo, hi),
+                                                      aux_weight(hi - lo, 120.0, ga, world), world);
+            g += torch::autograd::grad({obj}, {w})[0] / static_cast<double>(world);
+        }
+        return g;
+    };
+    CHECK((reduced({{0, 90}, {90, 120}}, 2, 1) - g_full).abs().max().item<double>() < 1e-5);
+    CHECK((reduced({{0, 50}, {50, 90}, {90, 120}}, 1, 3) - g_full).abs().max().item<double>() < 1e-5);
+    // The old rule (mean of the means) is measurably different here.
+    torch::Tensor g_old = torch::zeros_like(w);
+    for (auto [lo, hi] : {std::pair<int64_t, int64_t>{0, 90}, {90, 120}})
+        g_old += torch::autograd::grad({micro_batch_objective(torch::tensor(0.0), 1, row_loss(lo, hi), 1, 2)}, {w})[0] / 2.0;
+    CHECK((g_old - g_full).abs().max().item<double>() > 1e-3);
+    CHECK(aux_weight(-1, 0, 4, 2) == 0.25);  // a task that cannot count rows: mean over micro-batches
+    CHECK(aux_weight(10, 0, 1, 2) == 0.0);   // no real rows anywhere: nothing to learn from
+}
+
 TEST_CASE("train: non-finite guard skips, then stops after too many in a row", "[train]") {
     NonFiniteGuard g(2);
     CHECK(g.observe(1.0, 1.0) == NonFiniteGuard::Verdict::ok);
