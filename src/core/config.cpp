@@ -473,6 +473,7 @@ template <class V, class C> void visit_train(V & v, C & c) {
     v.field("adam_beta2", c.adam_beta2);
     v.field("adam_eps", c.adam_eps);
     v.field("grad_clip", c.grad_clip);
+    v.field("gmm_lr_scale", c.gmm_lr_scale);
     v.field("seed", c.seed);
     v.field("log_every", c.log_every);
     v.field("save_every", c.save_every);
@@ -596,6 +597,7 @@ void validate(const Config & c, const Origins & o, const std::string & top) {
     require(c.train.adam_beta2 >= 0 && c.train.adam_beta2 < 1, "train.adam_beta2", "must be in [0, 1)");
     require(c.train.adam_eps > 0, "train.adam_eps", "must be > 0");
     require(c.train.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)");
+    require(c.train.gmm_lr_scale > 0, "train.gmm_lr_scale", "must be > 0");
     require(c.train.log_every >= 1, "train.log_every", "must be >= 1");
     require(c.train.save_every >= 0, "train.save_every", "must be >= 0 (0 saves only at the end)");
     require(c.train.stop_after >= 0, "train.stop_after", "must be >= 0");

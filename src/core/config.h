@@ -87,6 +87,11 @@ struct TrainConfig {
     double adam_beta2 = 0.999;
     double adam_eps = 1e-8;
     double grad_clip = 1.0;                // 0 disables
+    // Learning-rate multiplier for the IDA-MoE GMM sets (means, variances, mixing logits); 1 = the paper
+    // (one lr for all). The GMM is a density of the latent, which the autoencoder moves as it trains;
+    // under Adam a mean moves at most ~lr per step, so at a task-sized lr over a short run the GMM cannot
+    // follow the latent (demo: the GMM NLL grew through stage 2 with variances still at their init).
+    double gmm_lr_scale = 1.0;
     int64_t seed = 42;
     int64_t log_every = 10;
     int64_t save_every = 500;

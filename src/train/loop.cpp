@@ -5,6 +5,7 @@
 #include "train/loss.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
+#include "train/stages.h"
 
 #include <spdlog/spdlog.h>
 #include <yaml-cpp/yaml.h>
@@ -155,7 +156,12 @@ RunResult run_training(TrainTask & task, const core::Config & cfg, const LoopOpt
     std::vector<torch::Tensor> trainable;
     for (auto & [n, p] : named)
         if (p.requires_grad()) trainable.push_back(p);
-    AdamW optimizer(named, AdamWOptions{tc.lr, tc.adam_beta1, tc.adam_beta2, tc.adam_eps, tc.weight_decay});
+    AdamW optimizer(named, AdamWOptions{tc.lr, tc.adam_beta1, tc.adam_beta2, tc.adam_eps, tc.weight_decay},
+                    [&](const std::string & name) {
+                        const bool gmm = classify_param(name) == ParamKind::router &&
+                                         name.find(".router.gmm.") != std::string::npos;
+                        return gmm ? tc.gmm_lr_scale : 1.0;
+                    });
     const LrSchedule schedule = LrSchedule::cosine(tc.lr, opt.total_steps, tc.warmup_ratio, tc.min_lr_ratio);
     NonFiniteGuard guard(tc.max_nonfinite_in_row);
     const std::string config_yaml = core::config_to_yaml(cfg);

@@ -1,7 +1,9 @@
 // defines: AdamW, is_no_decay, clip_grad_norm, global_grad_norm
 #include "train/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <stdexcept>
 
 namespace idamoe::train {
@@ -15,19 +17,28 @@ bool is_no_decay(const std::string & name, const torch::Tensor & param) {
     return false;
 }
 
-AdamW::AdamW(const std::vector<std::pair<std::string, torch::Tensor>> & named_params, const AdamWOptions & opts)
+AdamW::AdamW(const std::vector<std::pair<std::string, torch::Tensor>> & named_params, const AdamWOptions & opts,
+             const LrScaleFn & lr_scale_of)
     : opts_(opts) {
-    ParamGroup decay{"decay", opts.weight_decay, {}, {}};
-    ParamGroup no_decay{"no_decay", 0.0, {}, {}};
+    // Groups in order of first appearance: "decay" and "no_decay" first, as HF Trainer builds them.
+    groups_ = {ParamGroup{"decay", opts.weight_decay, 1.0, {}, {}}, ParamGroup{"no_decay", 0.0, 1.0, {}, {}}};
     for (const auto & [name, p] : named_params) {
         if (!p.requires_grad()) continue;
         TORCH_CHECK(!by_name_.count(name), "AdamW: parameter '", name, "' given twice");
         by_name_[name] = p;
-        ParamGroup & g = is_no_decay(name, p) ? no_decay : decay;
-        g.names.push_back(name);
-        g.params.push_back(p);
+        const bool decay = !is_no_decay(name, p);
+        const double scale = lr_scale_of ? lr_scale_of(name) : 1.0;
+        TORCH_CHECK(scale > 0 && std::isfinite(scale), "AdamW: lr scale of '", name, "' must be > 0, got ", scale);
+        const std::string gname = std::string(decay ? "decay" : "no_decay") +
+                                  (scale == 1.0 ? "" : "@x" + c10::str(scale));
+        auto it = std::find_if(groups_.begin(), groups_.end(), [&](const ParamGroup & g) { return g.name == gname; });
+        if (it == groups_.end()) {
+            groups_.push_back(ParamGroup{gname, decay ? opts.weight_decay : 0.0, scale, {}, {}});
+            it = std::prev(groups_.end());
+        }
+        it->names.push_back(name);
+        it->params.push_back(p);
     }
-    groups_ = {std::move(decay), std::move(no_decay)};
 }
 
 int64_t AdamW::num_params() const {
@@ -37,10 +48,11 @@ int64_t AdamW::num_params() const {
     return n;
 }
 
-void AdamW::step(double lr) {
+void AdamW::step(double base_lr) {
     torch::NoGradGuard no_grad;
     const double b1 = opts_.beta1, b2 = opts_.beta2;
     for (const auto & g : groups_) {
+        const double lr = base_lr * g.lr_scale;
         for (size_t i = 0; i < g.params.size(); ++i) {
             torch::Tensor p = g.params[i];
             const torch::Tensor & grad = p.grad();

@@ -9,6 +9,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <map>
 #include <string>
 #include <utility>
@@ -25,8 +26,9 @@ struct AdamWOptions {
 };
 
 struct ParamGroup {
-    std::string name;                  // "decay" | "no_decay"
+    std::string name;                  // "decay" | "no_decay", with a "@x<scale>" suffix when lr_scale != 1
     double weight_decay = 0.0;
+    double lr_scale = 1.0;             // this group steps with lr * lr_scale
     std::vector<std::string> names;
     std::vector<torch::Tensor> params;
 };
@@ -37,8 +39,12 @@ bool is_no_decay(const std::string & name, const torch::Tensor & param);
 
 class AdamW {
 public:
-    // Only parameters with requires_grad are taken; the order of `named_params` fixes the update order.
-    AdamW(const std::vector<std::pair<std::string, torch::Tensor>> & named_params, const AdamWOptions & opts);
+    // Only parameters with requires_grad are taken; the order of `named_params` fixes the update order
+    // within a group. `lr_scale_of(name)` (optional) gives a per-parameter multiplier of the step's lr;
+    // parameters are grouped by (decay, multiplier).
+    using LrScaleFn = std::function<double(const std::string &)>;
+    AdamW(const std::vector<std::pair<std::string, torch::Tensor>> & named_params, const AdamWOptions & opts,
+          const LrScaleFn & lr_scale_of = nullptr);
 
     // One update with learning rate `lr` for every parameter that has a gradient (others are skipped and
     // keep their per-parameter step count, as in torch).

@@ -22,6 +22,7 @@ namespace {
 // partition of the input space (IDA-MoE Table 4: CV falls as components per expert grow).
 constexpr int64_t kD = 16, kF = 32, kClusters = 64, kSteps = 3000, kSeeds = 3;
 constexpr double kSharedMean = 3.0;
+constexpr double kZipf = 1.0;
 
 // A fixed mixture: 64 clusters with unequal weights in D = 16, each point RMS-normalised like the output of
 // the post-attention RMSNorm that feeds a decoder MLP. The target of a point is a cluster-specific random
@@ -32,7 +33,9 @@ struct ClusteredTask {
         torch::manual_seed(seed);
         // hidden states are anisotropic: a large component shared by all tokens (Ethayarajh 2019)
         centres_CD = torch::randn({1, kD}) * kSharedMean + torch::randn({kClusters, kD}) * 2.0;
-        weights_C = torch::softmax(torch::randn({kClusters}) * 0.5, 0);
+        // Zipf-distributed cluster weights, like token frequencies (Zipf 1935): a few heavy clusters
+        weights_C = 1.0 / torch::arange(1, kClusters + 1, torch::kFloat).pow(kZipf);
+        weights_C = weights_C / weights_C.sum();
         maps_CDD = torch::randn({kClusters, kD, kD}) / std::sqrt(double(kD));
     }
     std::pair<torch::Tensor, torch::Tensor> sample(int64_t n) const {

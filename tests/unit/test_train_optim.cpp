@@ -39,6 +39,32 @@ TEST_CASE("train: decay groups follow the >=2-D / norm / GMM rule", "[train]") {
     CHECK(!is_no_decay("x.q_proj.weight", torch::zeros({4, 4})));
 }
 
+TEST_CASE("train: a per-parameter lr scale groups and steps those parameters with lr * scale", "[train]") {
+    auto ps = make_params(3);
+    auto plain = make_params(3);
+    const auto router_x10 = [](const std::string & n) { return n.find(".router.") != std::string::npos ? 10.0 : 1.0; };
+    AdamW opt(ps, AdamWOptions{1e-3, 0.9, 0.999, 1e-8, 0.0}, router_x10);
+    REQUIRE(opt.groups().size() == 3);
+    CHECK(opt.groups()[2].names == std::vector<std::string>{"model.layers.0.mlp.router.gmm.0.means"});
+    CHECK(opt.groups()[2].lr_scale == 10.0);
+    AdamW ref(plain, AdamWOptions{1e-3, 0.9, 0.999, 1e-8, 0.0});
+    fake_grads(ps, 0);
+    fake_grads(plain, 0);
+    opt.step(1e-3);
+    ref.step(1e-3);
+    // the scaled parameter takes the step the unscaled optimizer takes at 10x the lr; the rest are unchanged
+    auto ps10 = make_params(3);
+    AdamW ref10(ps10, AdamWOptions{1e-2, 0.9, 0.999, 1e-8, 0.0});
+    fake_grads(ps10, 0);
+    ref10.step(1e-2);
+    for (size_t i = 0; i < ps.size(); ++i) {
+        const auto & expect = ps[i].first.find(".router.") != std::string::npos ? ps10[i].second : plain[i].second;
+        CHECK(torch::equal(ps[i].second, expect));
+    }
+    CHECK_THROWS_WITH(AdamW(make_params(4), AdamWOptions{}, [](const std::string &) { return 0.0; }),
+                      Catch::Contains("lr scale") && Catch::Contains("must be > 0"));
+}
+
 TEST_CASE("train: AdamW matches torch::optim::AdamW bit for bit", "[train]") {
     auto ours = make_params(1);
     auto ref = make_params(1);
