@@ -14,7 +14,8 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 SEED="${DEMO_SEED:-1}"
 
 bash "$ROOT/scripts/setup.sh"
-bash "$ROOT/scripts/build.sh"
+BUILD_TARGETS="${BUILD_TARGETS:-idamoe-train gen-shapes-dataset train-bpe-tokenizer make-tiny-models}" \
+  bash "$ROOT/scripts/build.sh"
 BUILD="${BUILD_DIR:-$ROOT/build}"
 BIN="$BUILD/idamoe-train"
 CFG="$ROOT/configs/demo"
