@@ -29,7 +29,7 @@ this repository:
       git -C safetensors archive v0.4.3 bindings/python/py_src | tar -x -C /tmp/st
 
 Usage: /usr/bin/python3 scripts/bench_vs_hf.py [--threads 2] [--batch 4] [--seq 256] [--steps 6]
-           [--warmup 2] [--repeats 1] [--out /tmp/bench_vs_hf] [--only qwen2,stablelm,moe]
+           [--warmup 2] [--repeats 1] [--moe-repeats 3] [--out /tmp/bench_vs_hf] [--only qwen2,stablelm,moe]
 """
 import argparse
 import json
@@ -103,9 +103,9 @@ def dense(a, arch, peer_env):
 
 def moe(a, model_dir):
     rows = []
-    for r in range(a.repeats):
+    for r in range(a.moe_repeats):
         res = {}
-        for kind in ("ida", "linear_aux"):
+        for kind in (("ida", "linear_aux") if r % 2 == 0 else ("linear_aux", "ida")):  # alternate who goes first
             res[kind], res[kind + "_rss"], _ = run(ours_cmd(a, model_dir, ["--moe", kind, "--experts", "4", "--top-k", "2"]))
         rows.append(res)
         print("  moe run %d: ida %.3f s/step, linear_aux %.3f s/step" % (
@@ -121,7 +121,8 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=1, help="peer/ours pairs per config; the median ratio is reported")
+    ap.add_argument("--repeats", type=int, default=1, help="peer/ours pairs per dense config; the median ratio is reported")
+    ap.add_argument("--moe-repeats", type=int, default=3, help="back-to-back ida/linear_aux pairs; the median ratio is reported")
     ap.add_argument("--only", default="qwen2,stablelm,moe")
     ap.add_argument("--out", default="/tmp/bench_vs_hf")
     ap.add_argument("--binary", default=os.path.join(ROOT, "build", "idamoe-train"))
@@ -198,7 +199,13 @@ def main():
         print("|---|---|---|---|")
         print("| ida | %.3f | %.1f | %.0f |" % (ida, a.batch * a.seq / ida, max(r["ida_rss"] for r in rows)))
         print("| linear_aux | %.3f | %.1f | %.0f |" % (lin, a.batch * a.seq / lin, max(r["linear_aux_rss"] for r in rows)))
-        print("IDA / linear_aux step time: %.3f (median of %d back-to-back pairs)" % (ratio, len(rows)))
+        for kind in ("ida", "linear_aux"):
+            print("  %s tokens per expert, last step, per MoE layer: %s" % (kind, json.dumps(rows[0][kind].get("expert_counts_last_step"))))
+        tmin = lambda j: min(j["step_s_all"][a.warmup:])  # the least-disturbed step: robust to a busy machine
+        print("IDA / linear_aux step time: %.3f (median over %d back-to-back pairs of the median-step ratio); "
+              "fastest step: ida %.3f s, linear_aux %.3f s, ratio %.3f" % (
+                  ratio, len(rows), min(tmin(r["ida"]) for r in rows), min(tmin(r["linear_aux"]) for r in rows),
+                  min(tmin(r["ida"]) for r in rows) / min(tmin(r["linear_aux"]) for r in rows)))
     print("\nraw results: %s" % os.path.join(a.out, "results.json"))
 
 

@@ -219,7 +219,20 @@ nlohmann::json run_bench(const BenchOptions & o) {
     j["seq"] = o.seq;
     j["steps"] = o.steps;
     j["moe"] = o.moe.empty() ? "dense" : o.moe;
-    if (!o.moe.empty()) { j["experts"] = o.experts; j["top_k"] = o.top_k; }
+    if (!o.moe.empty()) {
+        j["experts"] = o.experts;
+        j["top_k"] = o.top_k;
+        // tokens per expert in each MoE layer at the last step: a skewed load means fewer, taller expert GEMMs
+        nlohmann::json counts = nlohmann::json::object();
+        for (int64_t l : moe_layers) {
+            const model::FfnAux * aux = lm->ffn(l)->aux();
+            if (aux && aux->counts_E.defined()) {
+                const auto c = aux->counts_E.to(torch::kCPU, torch::kLong).contiguous();
+                counts[std::to_string(l)] = std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+            }
+        }
+        j["expert_counts_last_step"] = counts;
+    }
     if (!o.vision_dir.empty()) { j["vision"] = o.vision_dir; j["images"] = o.images; }
     j["params_active_per_token"] = flops.active_params_per_token();
     j["tokens_per_s"] = total_s > 0 ? tokens / total_s : 0.0;
