@@ -19,12 +19,15 @@ Peak RSS of each side is the child's ru_maxrss (os.wait4). Run with Debian's pyt
 
 Peer set-up (once per machine, see /work/shared/peers/README.md); the peer's sources are never copied into
 this repository:
-  apt-get install -y python3-torch python3-numpy python3-regex python3-yaml python3-tqdm python3-filelock \
-      python3-packaging python3-requests libopenblas0-pthread          (scripts/setup.sh installs these)
+  scripts/setup.sh --peer-bench    (python3-torch python3-numpy python3-regex python3-yaml python3-tqdm
+                                     python3-filelock python3-packaging python3-requests, libopenblas0-pthread)
   transformers 4.45.0.dev0 (upstream commit 52cb4034ada381fe1ffe8d428a1076e5411a8026) under /tmp/hf/src,
-  huggingface_hub v0.24.6 under /tmp/hfenv/src, safetensors v0.4.3 bindings under /tmp/st, e.g.
-      git clone https://github.com/huggingface/transformers && git -C transformers archive \
-          52cb4034ada381fe1ffe8d428a1076e5411a8026 src/transformers | tar -x -C /tmp/hf
+  huggingface_hub v0.24.6 under /tmp/hfenv/src, safetensors v0.4.3's Python bindings under /tmp/st:
+      git clone https://github.com/huggingface/transformers
+      git clone https://github.com/huggingface/huggingface_hub
+      git clone https://github.com/huggingface/safetensors
+      mkdir -p /tmp/hf /tmp/hfenv /tmp/st
+      git -C transformers archive 52cb4034ada381fe1ffe8d428a1076e5411a8026 src/transformers | tar -x -C /tmp/hf
       git -C huggingface_hub archive v0.24.6 src/huggingface_hub | tar -x -C /tmp/hfenv
       git -C safetensors archive v0.4.3 bindings/python/py_src | tar -x -C /tmp/st
 
