@@ -165,10 +165,11 @@ def main():
 
     med = statistics.median
     last = a.warmup + a.steps - 1
-    print()
-    print("| config | HF tok/s | idamoe tok/s | ratio | HF GFLOP/s | idamoe GFLOP/s | matmul 1024² GFLOP/s | HF % matmul | "
-          "idamoe % matmul | HF peak RSS MiB | idamoe peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    if results["dense"]:
+        print()
+        print("| config | HF tok/s | idamoe tok/s | ratio | HF GFLOP/s | idamoe GFLOP/s | matmul 1024² GFLOP/s | HF % matmul | "
+              "idamoe % matmul | HF peak RSS MiB | idamoe peak RSS MiB |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
     for d in results["dense"]:
         rows = d["rows"]
         gf = rows[0]["ours"]["step_gflop"]  # same model FLOPs per step on both sides (train/flops.h)
