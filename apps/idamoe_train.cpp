@@ -8,6 +8,7 @@
 #include "core/config.h"
 #include "core/log.h"
 #include "core/preflight.h"
+#include "core/runtime.h"
 #include "data/pipeline.h"
 #include "io/checkpoint.h"
 #include "train/bench.h"
@@ -41,6 +42,11 @@ int bench_main(int argc, char ** argv) {
     app.add_option("--images", o.images, "images per sequence (with --vision)")->check(CLI::PositiveNumber);
     app.add_option("--device", o.device, "auto|cpu|cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
     app.add_flag("--activation-checkpointing", o.activation_checkpointing, "recompute decoder layers in backward");
+    app.add_option("--lr", o.lr, "constant AdamW learning rate (no weight decay), as the HF peer bench")->check(CLI::NonNegativeNumber);
+    app.add_option("--grad-clip", o.grad_clip, "clip the global gradient norm (0 = off, as the HF peer bench)")->check(CLI::NonNegativeNumber);
+    app.add_option("--seed", o.seed, "token/weight-init seed; the first batch equals torch.randint(0, V, (B, T), generator=Generator().manual_seed(seed))");
+    app.add_flag("--same-batch", o.same_batch, "train on the first batch at every step (the HF peer bench does)");
+    app.add_flag("--matmul-reference", o.matmul_reference, "also report a 1024x1024 fp32 matmul's GFLOP/s (matmul1024_gflops)");
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError & e) {
@@ -101,6 +107,7 @@ int eval_main(int argc, char ** argv) {
 }  // namespace
 
 int main(int argc, char ** argv) {
+    core::tune_cpu_runtime(argv);
     if (argc > 1 && std::string(argv[1]) == "bench") return bench_main(argc - 1, argv + 1);
     if (argc > 1 && std::string(argv[1]) == "eval") return eval_main(argc - 1, argv + 1);
 

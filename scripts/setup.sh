@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs every Debian 12 package idamoe needs. Idempotent: apt-get update runs once,
+# Installs every Debian 12 package idamoe needs (--peer-bench: and the HF peer benchmark's). Idempotent: apt-get update runs once,
 # and only when something is missing. Works as root, or through sudo.
 set -euo pipefail
 
@@ -14,6 +14,11 @@ PKGS=(
   openmpi-bin libopenmpi-dev             # mpirun launches
   python3 python3-numpy python3-pil python3-matplotlib   # reference tensors and demo plots
 )
+# `setup.sh --peer-bench`: also what scripts/bench_vs_hf.py needs to run the Hugging Face peer
+# (/work/shared/peers/hf_step_bench.py: transformers from source on Debian's torch, no PyPI).
+if [ "${1:-}" = "--peer-bench" ]; then
+  PKGS+=(python3-torch python3-regex python3-yaml python3-tqdm python3-filelock python3-packaging python3-requests)
+fi
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then

@@ -226,10 +226,14 @@ LossSum causal_lm_loss_sum(const torch::Tensor & logits_BTV, const torch::Tensor
         r.sum = logits_BTV.sum().to(torch::kFloat32) * 0.0;
         return r;
     }
-    const auto shift_logits_NV = logits_BTV.narrow(1, 0, T - 1).to(torch::kFloat32).reshape({-1, V});
-    const auto shift_labels_N = labels_BT.narrow(1, 1, T - 1).reshape({-1}).to(logits_BTV.device(), torch::kInt64);
+    // HF drops the last position's logits (logits[:, :-1].contiguous(): a copy of nearly all logits, and a
+    // zero-filled buffer in backward). Same sum: keep every position and give the last one no target.
+    const auto logits_NV = logits_BTV.to(torch::kFloat32).reshape({-1, V});
+    const auto next_BT = labels_BT.to(logits_BTV.device(), torch::kInt64);
+    const auto next_N = torch::cat({next_BT.narrow(1, 1, T - 1), torch::full({next_BT.size(0), 1}, -100, next_BT.options())}, 1)
+                            .reshape({-1});
     r.sum = torch::nn::functional::cross_entropy(
-        shift_logits_NV, shift_labels_N,
+        logits_NV, next_N,
         torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100).reduction(torch::kSum));
     r.count = labels_BT.narrow(1, 1, T - 1).ne(-100).sum().item<int64_t>();
     return r;

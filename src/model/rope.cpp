@@ -17,12 +17,17 @@ std::pair<torch::Tensor, torch::Tensor> rope_cos_sin(const torch::Tensor & pos_B
 
 torch::Tensor apply_rope(const torch::Tensor & x_BHTd, const torch::Tensor & cos_BTr, const torch::Tensor & sin_BTr) {
     const int64_t r = cos_BTr.size(-1), d = x_BHTd.size(-1);
-    const auto cos = cos_BTr.unsqueeze(1), sin = sin_BTr.unsqueeze(1);  // broadcast over heads
-    const auto x_rot = r == d ? x_BHTd : x_BHTd.narrow(-1, 0, r);
-    const auto x1 = x_rot.narrow(-1, 0, r / 2), x2 = x_rot.narrow(-1, r / 2, r / 2);
-    const auto rotated = x_rot * cos + torch::cat({-x2, x1}, -1) * sin;  // rotate_half = cat(-x2, x1)
-    if (r == d) return rotated;
-    return torch::cat({rotated, x_BHTd.narrow(-1, r, d - r)}, -1);
+    // HF: x*cos + rotate_half(x)*sin with rotate_half(x) = cat(-x2, x1). The two halves of sin are equal
+    // (emb = cat(freqs, freqs)), so rotate_half(x)*sin = roll(x, r/2) * cat(-sin1, sin1), bit for bit
+    // (negation is exact). roll's backward is one roll; the narrows of x1/x2 each cost a zero-filled
+    // full-size buffer + copy in backward, and -x2 a pass of its own.
+    const auto cos = cos_BTr.unsqueeze(1);  // broadcast over heads
+    const auto sin_half = sin_BTr.narrow(-1, 0, r / 2);
+    const auto signed_sin = torch::cat({-sin_half, sin_half}, -1).unsqueeze(1);  // [B, 1, T, r]: small
+    if (r == d) return x_BHTd * cos + x_BHTd.roll(r / 2, -1) * signed_sin;
+    auto parts = x_BHTd.split_with_sizes({r, d - r}, -1);  // partial rotary: split's backward is one cat
+    const auto rotated = parts[0] * cos + parts[0].roll(r / 2, -1) * signed_sin;
+    return torch::cat({rotated, parts[1]}, -1);
 }
 
 }  // namespace idamoe::model

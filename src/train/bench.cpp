@@ -2,6 +2,7 @@
 #include "train/bench.h"
 
 #include "core/config.h"
+#include "core/runtime.h"
 #include "io/hf_loader.h"
 #include "model/decoder.h"
 #include "model/projector.h"
@@ -14,8 +15,11 @@
 #include <spdlog/spdlog.h>
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdlib>
 #include <numeric>
 #include <sys/resource.h>
 
@@ -30,7 +34,9 @@ public:
         : lm_(std::move(lm)), tower_(std::move(tower)), proj_(std::move(proj)), o_(o), dev_(dev), gen_(at::detail::createCPUGenerator(o.seed)) {}
 
     int64_t load_micro_batch(int64_t) override {
+        if (o_.same_batch && ids_BT_.defined()) return o_.batch * (o_.seq - 1);
         ids_BT_ = at::randint(lm_->config().vocab_size, {o_.batch, o_.seq}, gen_, torch::kInt64).to(dev_);
+        if (!first_ids_BT_.defined()) first_ids_BT_ = ids_BT_.cpu();
         if (!tower_.is_empty()) {
             const int64_t s = tower_->config().image_size;
             images_ICHW_ = at::randn({o_.batch * o_.images, 3, s, s}, gen_).to(dev_);
@@ -64,6 +70,7 @@ public:
         r.shape.n_image_tokens = n_img_tok;
         return r;
     }
+    const torch::Tensor & first_ids() const { return first_ids_BT_; }
     double epoch() const override { return 0.0; }
     nlohmann::json data_state() const override { return nlohmann::json::object(); }
     void restore_data_state(const nlohmann::json &) override {}
@@ -82,7 +89,7 @@ private:
     BenchOptions o_;
     torch::Device dev_;
     at::Generator gen_;
-    torch::Tensor ids_BT_, images_ICHW_;
+    torch::Tensor ids_BT_, images_ICHW_, first_ids_BT_;
 };
 
 double median(std::vector<double> v) {
@@ -92,10 +99,28 @@ double median(std::vector<double> v) {
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+// Median GFLOP/s of a 1024x1024 fp32 matmul on the bench's device and threads: the practical ceiling the
+// step's achieved GFLOP/s is compared with, measured in the same process so machine load affects both.
+double matmul_reference_gflops(const torch::Device & dev) {
+    torch::NoGradGuard no_grad;
+    const auto a_NN = torch::randn({1024, 1024}, torch::TensorOptions().device(dev));
+    const auto b_NN = torch::randn({1024, 1024}, torch::TensorOptions().device(dev));
+    auto c_NN = torch::empty({1024, 1024}, a_NN.options());
+    std::vector<double> s;
+    for (int i = 0; i < 23; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        torch::mm_out(c_NN, a_NN, b_NN);
+        if (dev.is_cuda()) c_NN.sum().item<float>();  // wait for the kernel
+        const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (i >= 3) s.push_back(dt);
+    }
+    return 2.0 * 1024 * 1024 * 1024 / median(s) / 1e9;
+}
+
 }  // namespace
 
 nlohmann::json run_bench(const BenchOptions & o) {
-    if (o.threads > 0) torch::set_num_threads(static_cast<int>(o.threads));
+    core::set_compute_threads(static_cast<int>(o.threads));
     torch::manual_seed(o.seed);
     const bool cuda = torch::cuda::is_available() && o.device != "cpu";
     const torch::Device dev = cuda ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
@@ -152,8 +177,11 @@ nlohmann::json run_bench(const BenchOptions & o) {
     FlopModel flops(dec, ms, vs, TrainableParts{false, true, true, true, true, true, true});
 
     core::Config cfg;
-    cfg.train.lr = 1e-5;
+    cfg.train.lr = o.lr;
     cfg.train.warmup_ratio = 0.0;
+    cfg.train.min_lr_ratio = 1.0;  // constant lr, as the peer's plain AdamW
+    cfg.train.weight_decay = 0.0;
+    cfg.train.grad_clip = o.grad_clip;
     cfg.train.log_every = 1 << 30;
     cfg.train.stop_after = 0;
     cfg.data.grad_accum = 1;
@@ -165,7 +193,13 @@ nlohmann::json run_bench(const BenchOptions & o) {
     lo.flops = &flops;
     lo.checkpoints = false;
     lo.device_name = device_name(cuda, 0);
-    RunResult r = run_training(task, cfg, lo);
+    RunResult r;
+    if (const char * trace = std::getenv("IDAMOE_BENCH_TRACE")) {  // chrome trace of every op (all steps)
+        torch::autograd::profiler::RecordProfile profile(std::string{trace});
+        r = run_training(task, cfg, lo);
+    } else {
+        r = run_training(task, cfg, lo);
+    }
 
     auto tail = [&](const std::vector<double> & v) { return std::vector<double>(v.begin() + std::min<size_t>(v.size(), o.warmup), v.end()); };
     const auto step_ms = tail(r.step_ms);
@@ -185,18 +219,48 @@ nlohmann::json run_bench(const BenchOptions & o) {
     j["seq"] = o.seq;
     j["steps"] = o.steps;
     j["moe"] = o.moe.empty() ? "dense" : o.moe;
-    if (!o.moe.empty()) { j["experts"] = o.experts; j["top_k"] = o.top_k; }
+    if (!o.moe.empty()) {
+        j["experts"] = o.experts;
+        j["top_k"] = o.top_k;
+        // tokens per expert in each MoE layer at the last step: a skewed load means fewer, taller expert GEMMs
+        nlohmann::json counts = nlohmann::json::object();
+        for (int64_t l : moe_layers) {
+            const model::FfnAux * aux = lm->ffn(l)->aux();
+            if (aux && aux->counts_E.defined()) {
+                const auto c = aux->counts_E.to(torch::kCPU, torch::kLong).contiguous();
+                counts[std::to_string(l)] = std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+            }
+        }
+        j["expert_counts_last_step"] = counts;
+    }
     if (!o.vision_dir.empty()) { j["vision"] = o.vision_dir; j["images"] = o.images; }
     j["params_active_per_token"] = flops.active_params_per_token();
     j["tokens_per_s"] = total_s > 0 ? tokens / total_s : 0.0;
     j["step_s_median"] = median(step_ms) / 1e3;
+    j["step_s_all"] = r.step_ms;
+    for (auto & v : j["step_s_all"]) v = v.get<double>() / 1e3;
+    // The peer's definition: all B*T input positions per median step.
+    j["tokens_per_s_median"] = static_cast<double>(o.batch * o.seq) / (median(step_ms) / 1e3);
+    j["step_gflop"] = r.step_flops.empty() ? 0.0 : r.step_flops.back() / 1e9;
+    j["achieved_gflops_median"] = r.step_flops.empty() ? 0.0 : r.step_flops.back() / (median(step_ms) / 1e3) / 1e9;
+    if (o.matmul_reference) j["matmul1024_gflops"] = matmul_reference_gflops(dev);
+    j["same_batch"] = o.same_batch;
+    j["lr"] = o.lr;
+    const torch::Tensor & ids = task.first_ids();
+    if (ids.defined())  // to check that the first batch is the peer's: sum and the first ids
+        j["first_batch"] = {{"sum", ids.sum().item<int64_t>()}, {"head", std::vector<int64_t>(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + std::min<int64_t>(8, ids.numel()))}};
     j["step_breakdown_ms"] = {{"data", median(tail(r.data_ms))}, {"forward", median(tail(r.forward_ms))},
                               {"backward", median(tail(r.backward_ms))}, {"optimizer", median(tail(r.optimizer_ms))}};
     j["achieved_gflops"] = total_s > 0 ? fl / total_s / 1e9 : 0.0;
     const double peak = peak_flops_for_device(lo.device_name);
     if (peak > 0 && total_s > 0) j["mfu"] = fl / total_s / peak;
     j["peak_rss_mb"] = static_cast<double>(ru.ru_maxrss) / 1024.0;
+    // whole process (load + all steps): page faults and kernel time show allocator churn
+    j["minor_page_faults"] = static_cast<int64_t>(ru.ru_minflt);
+    j["cpu_user_s"] = static_cast<double>(ru.ru_utime.tv_sec) + ru.ru_utime.tv_usec / 1e6;
+    j["cpu_sys_s"] = static_cast<double>(ru.ru_stime.tv_sec) + ru.ru_stime.tv_usec / 1e6;
     j["final_loss"] = r.losses.empty() ? 0.0 : r.losses.back();
+    j["losses"] = r.losses;
     return j;
 }
 

@@ -25,6 +25,13 @@ struct BenchOptions {
     std::string device = "auto";
     bool activation_checkpointing = false;
     uint64_t seed = 0;
+    // Optimizer as the Hugging Face peer (scripts/bench_vs_hf.py) runs it: constant lr, AdamW without
+    // weight decay, no clipping (0; the norm is still computed for the non-finite guard).
+    double lr = 1e-4, grad_clip = 0.0;
+    // Train on the first drawn batch at every step. The first batch is torch.randint(0, V, (B, T),
+    // generator=torch.Generator().manual_seed(seed)) exactly, i.e. the peer's tokens, so losses compare.
+    bool same_batch = false;
+    bool matmul_reference = false;      // also time a 1024x1024 fp32 matmul (same threads) for "% of matmul"
 };
 
 nlohmann::json run_bench(const BenchOptions & o);

@@ -64,7 +64,7 @@ void AdamW::step(double base_lr) {
             }
             s.step += 1;
             // Same op sequence as torch/optim/adamw.py _single_tensor_adamw (non-amsgrad, non-capturable).
-            p.mul_(1 - lr * g.weight_decay);
+            if (g.weight_decay != 0.0) p.mul_(1 - lr * g.weight_decay);  // x * 1.0 == x: skip the pass
             s.exp_avg.mul_(b1).add_(grad, 1 - b1);
             s.exp_avg_sq.mul_(b2).addcmul_(grad, grad, 1 - b2);
             const double bias_correction1 = 1 - std::pow(b1, static_cast<double>(s.step));
