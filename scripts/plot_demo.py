@@ -161,7 +161,7 @@ def entropy(p):
     s = sum(p)
     if s <= 0:
         return None
-    return -sum((x / s) * math.log(x / s) for x in p if x > 0)
+    return -sum((x / s) * math.log2(x / s) for x in p if x > 0)  # bits, as the trainer logs it (IDA-MoE §5.4)
 
 
 def normalise(ans):
@@ -219,10 +219,10 @@ def token_entropies(routing_recs):
 def plot_entropy(routing, metrics, out):
     fig, ax = plt.subplots(figsize=(6.4, 4))
     sources = {n: token_entropies(r) for n, r in routing.items()}
-    label = "per-token routing entropy (nats)"
+    label = "per-token routing entropy (bits)"
     if not any(sources.values()):  # fall back to logged per-step mean entropies
-        sources = {n: series(r, "entropy", "gate_entropy")[1] for n, r in metrics.items()}
-        label = "logged mean routing entropy per step (nats)"
+        sources = {n: series(r, "routing_entropy", "entropy")[1] for n, r in metrics.items()}
+        label = "logged mean routing entropy per step (bits)"
     sources = {n: v for n, v in sources.items() if v}
     if sources:
         hi = max(max(v) for v in sources.values())
@@ -359,7 +359,7 @@ def summary(metrics, answers, routing, questions, path):
     accs = {n: accuracy(answers.get(n, []), questions) for n in names}
     cats = sorted({c for a in accs.values() for c in a if c != "all"}) + ["all"]
     rows.append(("final CV_mean (lower = balanced)", {n: cv_last(metrics.get(n, [])) for n in names}))
-    rows.append(("final logged entropy", {n: last(metrics.get(n, []), "entropy", "gate_entropy") for n in names}))
+    rows.append(("final logged entropy", {n: last(metrics.get(n, []), "routing_entropy", "entropy") for n in names}))
     rows.append(("mean per-token routing entropy", {n: tok_ent(routing.get(n, [])) for n in names}))
     rows.append(("final loss", {n: last(metrics.get(n, []), "loss", "ce_loss") for n in names}))
     for c in cats:
