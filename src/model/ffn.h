@@ -20,6 +20,8 @@ struct FfnAux {
     torch::Tensor entropy;                       // mean routing entropy (scalar), undefined if dense
     torch::Tensor topk_idx_TK;                   // routing decisions of the last forward (real tokens first), may be undefined
     torch::Tensor topk_gates_TK;                 // their gates (same rows), may be undefined
+    torch::Tensor probs_TN;                      // the router's distribution over all N experts (same rows; the
+                                                 // one routing entropy is computed from), may be undefined
 };
 
 class FfnImpl : public torch::nn::Module {

@@ -35,7 +35,7 @@ void fill_stats(const RouteOut & r, const torch::Tensor & counts_E, const torch:
 }
 
 void fill_aux(const RouteOut & r, const RoutingStats & st, const torch::Tensor & topk_idx_TK,
-              const torch::Tensor & topk_gates_TK, model::FfnAux & aux) {
+              const torch::Tensor & topk_gates_TK, const torch::Tensor & probs_TN, model::FfnAux & aux) {
     aux.loss = r.loss;
     aux.parts.clear();
     for (const char * k : {"ae", "gmm", "react", "aux", "z"}) {
@@ -46,10 +46,12 @@ void fill_aux(const RouteOut & r, const RoutingStats & st, const torch::Tensor &
     aux.entropy = st.entropy;
     aux.topk_idx_TK = topk_idx_TK;
     aux.topk_gates_TK = topk_gates_TK;
+    aux.probs_TN = probs_TN;
 }
 
 // Real rows of idx_TK in their original order (padding rows last, then cut off).
 torch::Tensor real_rows_first(const torch::Tensor & idx_TK, const torch::Tensor & w_T, int64_t n_real) {
+    if (!idx_TK.defined()) return {};
     if (!w_T.defined()) return idx_TK.detach();
     const torch::Tensor order = std::get<1>(torch::sort((w_T <= 0).to(torch::kInt), /*stable=*/true, 0, false));
     return idx_TK.index_select(0, order.narrow(0, 0, n_real)).detach();
@@ -114,7 +116,8 @@ torch::Tensor MoeLayerImpl::forward(const torch::Tensor & x_BTD, const torch::Te
     router->observe_load(routed_E);
     fill_stats(r, routed_E, kept_E1.narrow(0, 0, N), w_T, *router, stats_);
     const int64_t n_real = host[1].narrow(0, 0, N).sum().item<int64_t>() / cfg_.top_k;  // host tensor: no sync
-    fill_aux(r, stats_, real_rows_first(r.idx_TK, w_T, n_real), real_rows_first(r.gates_TK, w_T, n_real), aux_);
+    fill_aux(r, stats_, real_rows_first(r.idx_TK, w_T, n_real), real_rows_first(r.gates_TK, w_T, n_real),
+             real_rows_first(r.probs_TN, w_T, n_real), aux_);
     return y_TD.view(x_BTD.sizes());
 }
 
@@ -142,7 +145,7 @@ torch::Tensor RouterWarmupFfnImpl::forward(const torch::Tensor & x_BTD, const to
     torch::Tensor idx_TK = r.idx_TK;
     if (w_T.defined()) idx_TK = idx_TK.masked_fill((w_T <= 0).unsqueeze(1), N);
     fill_stats(r, count_assignments(idx_TK, N).narrow(0, 0, N), {}, w_T, *router, stats_);
-    fill_aux(r, stats_, torch::Tensor(), torch::Tensor(), aux_);  // no host sync here: the decisions are not used
+    fill_aux(r, stats_, torch::Tensor(), torch::Tensor(), torch::Tensor(), aux_);  // no host sync here: the decisions are not used
     return y_BTD;
 }
 

@@ -78,11 +78,16 @@ std::map<std::string, CategoryScore> run_model_eval(const core::Config & cfg, co
             for (int64_t layer : sm.moe_layers) {
                 const model::FfnAux * aux = sm.llava->llm()->ffn(layer)->aux();
                 if (!aux || !aux->topk_idx_TK.defined()) continue;
-                const int64_t E = aux->counts_E.size(0);
-                torch::Tensor probs_TE = torch::zeros({aux->topk_idx_TK.size(0), E});
-                torch::Tensor g = aux->topk_gates_TK.defined() ? aux->topk_gates_TK.to(torch::kFloat)
-                                                                : torch::ones(aux->topk_idx_TK.sizes());
-                probs_TE.scatter_(1, aux->topk_idx_TK.to(torch::kLong), g);
+                // The router's full distribution over experts (what IDA-MoE Fig. 3 and the Fig. 6 entropy
+                // show); routers that give none fall back to their top-k gates.
+                torch::Tensor probs_TE = aux->probs_TN.defined() ? aux->probs_TN.to(torch::kFloat).cpu() : torch::Tensor();
+                if (!probs_TE.defined()) {
+                    const int64_t E = aux->counts_E.size(0);
+                    probs_TE = torch::zeros({aux->topk_idx_TK.size(0), E});
+                    torch::Tensor g = aux->topk_gates_TK.defined() ? aux->topk_gates_TK.to(torch::kFloat)
+                                                                    : torch::ones(aux->topk_idx_TK.sizes());
+                    probs_TE.scatter_(1, aux->topk_idx_TK.to(torch::kLong), g);
+                }
                 auto rec = routing_record(questions[answered].question_id, layer, probs_TE);
                 routing << rec.dump() << "\n";
             }

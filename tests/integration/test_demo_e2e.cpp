@@ -90,6 +90,22 @@ TEST_CASE("demo: shortened end to end, stage 1 -> 2 -> 3 (ida and linear_aux) ->
     const json a = json::parse(first);
     for (const char * k : {"question_id", "prompt", "text", "answer_id", "model_id"}) CHECK(a.contains(k));
     CHECK(a.at("model_id") == "ida");
+    // routing records carry the router's full distribution over the 4 experts (Fig. 3 / Fig. 6 inputs)
+    std::ifstream routing(demo / "eval_ida/routing.jsonl");
+    std::string rline;
+    REQUIRE(std::getline(routing, rline));
+    const json rec = json::parse(rline);
+    REQUIRE(rec.at("probs").size() > 0);
+    int64_t rows_beyond_topk = 0;
+    for (const auto & row : rec.at("probs")) {
+        REQUIRE(row.size() == 4);
+        double sum = 0;
+        int64_t nonzero = 0;
+        for (const auto & p : row) sum += p.get<double>(), nonzero += p.get<double>() > 0;
+        CHECK(sum == Approx(1.0).epsilon(1e-4));
+        rows_beyond_topk += nonzero > 2;
+    }
+    CHECK(rows_beyond_topk > 0);  // posteriors over all experts, not just the two top-k gates
     const json scores = json::parse(std::ifstream(demo / "eval_ida/scores.json"));
     CHECK(scores.dump().find("\"all\"") != std::string::npos);
     unsetenv("IDAMOE_DEMO_DIR");
