@@ -18,7 +18,11 @@ export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:${ASAN_OPTIONS:-}"
 export LSAN_OPTIONS="suppressions=$ROOT/tests/fuzz/lsan.supp:${LSAN_OPTIONS:-}"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
-echo "== unit tests under ASan + UBSan"
-(cd "$BUILD" && ctest --output-on-failure --timeout 1800 -j2)
+# Left out here, still run by the normal suite: the SentencePiece tests (libsentencepiece must be loaded
+# with RTLD_DEEPBIND, which the ASan runtime refuses: google/sanitizers#611) and the GMM balance
+# statistics test (65 s normally, over 17 min under ASan; its code is covered by the smaller MoE tests).
+ASAN_EXCLUDE='SentencePiece|tokenizer\.model|GMM routing stays balanced'
+echo "== unit tests under ASan + UBSan (all but: $ASAN_EXCLUDE)"
+(cd "$BUILD" && ctest --output-on-failure --timeout 1800 -j2 -E "${ASAN_CTEST_EXCLUDE:-$ASAN_EXCLUDE}")
 echo "== fuzz targets, ${FUZZ_SECONDS:-30} s each"
 FUZZ_BUILD_DIR="$BUILD" bash "$ROOT/scripts/fuzz.sh" "${FUZZ_SECONDS:-30}"

@@ -210,7 +210,7 @@ TEST_CASE("faults: kill -9 between checkpoints, --resume auto equals an uninterr
     CHECK(same_bytes(a + "/hf/model.safetensors", b + "/hf/model.safetensors"));
 }
 
-TEST_CASE("faults: 5% corrupt or missing images are skipped, counted and reported; the run completes", "[train][integration][faults]") {
+TEST_CASE("faults: 5% corrupt or missing images are skipped, counted and reported, the run completes", "[train][integration][faults]") {
     TinyWorld w(80);
     const std::string images = w.dir.str("data/images");
     auto data = nlohmann::json::parse(slurp(w.dir.str("data/captions.json")));
@@ -247,7 +247,7 @@ TEST_CASE("faults: 5% corrupt or missing images are skipped, counted and reporte
     }
 }
 
-TEST_CASE("faults: a full disk while saving keeps the previous checkpoint; --resume auto then finishes", "[train][integration][faults]") {
+TEST_CASE("faults: a full disk while saving keeps the previous checkpoint, --resume auto then finishes", "[train][integration][faults]") {
     TinyWorld w(32);
     const int64_t N = 8;
     const std::string a = w.dir.str("a"), b = w.dir.str("b");

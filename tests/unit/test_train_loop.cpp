@@ -216,7 +216,7 @@ TEST_CASE("loop: grad accumulation equals one big batch (token-mean loss)", "[tr
     }
 }
 
-TEST_CASE("loop: a non-finite step is skipped; too many in a row stop with the checkpoint intact", "[train]") {
+TEST_CASE("loop: a non-finite step is skipped, too many in a row stop with the checkpoint intact", "[train]") {
     test::TempDir dir;
     auto cfg = toy_config(dir.str(), 6);
     cfg.data.grad_accum = 1;
