@@ -3,7 +3,7 @@
 
 #include <string>
 
-TEST_CASE("suite: no test case name contains ';' (CTest would never run it)", "[suite]") {
+TEST_CASE("suite: no test case name contains a semicolon (CTest would never run it)", "[suite]") {
     // catch_discover_tests passes names through a CMake list, which splits them at ';': each half became
     // a CTest test whose filter matched nothing and passed, and the real test never ran in CI.
     for (const auto & tc : Catch::getRegistryHub().getTestCaseRegistry().getAllTests()) {
