@@ -19,6 +19,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <csignal>
 #include <cstdio>
 #include <iostream>
 
@@ -179,6 +180,10 @@ int main(int argc, char ** argv) {
     }
 
     train::install_stop_handlers();
+    // Exceeding a file-size limit (ulimit -f, some quota setups) then fails write() with EFBIG, which
+    // the checkpoint writer reports like a full disk and survives, instead of SIGXFSZ killing the
+    // process with a core dump in the middle of a save.
+    std::signal(SIGXFSZ, SIG_IGN);
     try {
         const train::StageRun run = train::run_stage(cfg, resume);
         if (run.stop_reason == "signal") return 128 + train::stop_signal();
@@ -186,6 +191,9 @@ int main(int argc, char ** argv) {
     } catch (const core::ConfigError & e) {
         std::fprintf(stderr, "idamoe-train: %s\n", e.what());
         return train::kExitConfig;
+    } catch (const io::CheckpointWriteError & e) {
+        std::fprintf(stderr, "idamoe-train: checkpoint: %s\n", e.what());
+        return train::kExitRuntime;
     } catch (const io::CheckpointError & e) {
         std::fprintf(stderr, "idamoe-train: checkpoint: %s\n", e.what());
         return resume.empty() ? train::kExitRuntime : train::kExitConfig;

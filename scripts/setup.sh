@@ -5,6 +5,7 @@ set -euo pipefail
 
 PKGS=(
   build-essential cmake ninja-build pkg-config git
+  clang libclang-rt-14-dev              # ASan + UBSan + libFuzzer build (scripts/sanitize.sh, part of the tests)
   libtorch-dev libgloo-dev               # LibTorch 1.13 (CPU) + c10d Gloo headers
   libopenblas0-pthread                   # Debian's LibTorch calls the system BLAS; reference BLAS is ~40x slower
   libsentencepiece-dev sentencepiece     # SentencePiece tokenizers (+ trainer for the demo)

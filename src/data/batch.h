@@ -18,6 +18,10 @@ struct Batch {
     // Shifted targets the causal loss will score: positions t >= 1 whose label is not -100, summed
     // over rows (labels[:, 0] is never a target after the shift).
     int64_t n_target_tokens = 0;
+    // Rows whose sample was reported as bad (kept, labels fully masked): counted per delivered batch,
+    // not from the shared BadSampleLog, so samples the workers prefetched but the trainer has not
+    // consumed yet do not count (the trainer reports and checkpoints the delivered total).
+    int64_t n_bad_samples = 0;
 };
 
 }  // namespace idamoe::data

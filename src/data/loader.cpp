@@ -128,6 +128,7 @@ Example build_example(const LlavaDataset & ds, size_t index, const Tokenizer & t
         r = apply_template(ds.template_name(), tok, s.turns);
     } catch (const std::exception & e) {  // TemplateError, TokenizerError
         bad.add(s.id, where, "template", e.what());
+        ex.bad = true;
         ex.input_ids = {tok.pad_id() >= 0 ? tok.pad_id() : 0};
         ex.labels = {kIgnoreIndex};
         ex.masked = true;
@@ -135,6 +136,7 @@ Example build_example(const LlavaDataset & ds, size_t index, const Tokenizer & t
     }
     if (r.mismatch) {
         bad.add(s.id, where, "tokenization_mismatch", r.mismatch_reason);
+        ex.bad = true;
         ex.masked = true;
     }
     ex.input_ids = std::move(r.input_ids);
@@ -142,6 +144,7 @@ Example build_example(const LlavaDataset & ds, size_t index, const Tokenizer & t
     std::vector<std::string> paths = s.images;
     if (!paths.empty() && opt.image_tokens <= 0) {
         bad.add(s.id, where, "image_in_text_only_run", "sample has images but no vision tower is configured");
+        ex.bad = true;
         std::vector<int64_t> ids, labels;
         for (size_t i = 0; i < ex.input_ids.size(); ++i)
             if (ex.input_ids[i] != kImageTokenId) { ids.push_back(ex.input_ids[i]); labels.push_back(kIgnoreIndex); }
@@ -164,7 +167,10 @@ Example build_example(const LlavaDataset & ds, size_t index, const Tokenizer & t
         ex.labels.resize(cut);
         n_img_tokens = before;
         bool any = std::any_of(ex.labels.begin(), ex.labels.end(), [](int64_t l) { return l != kIgnoreIndex; });
-        if (!any && !ex.masked) bad.add(s.id, where, "truncated_no_target", "no trained token left after max_length " + std::to_string(opt.max_length));
+        if (!any && !ex.masked) {
+            bad.add(s.id, where, "truncated_no_target", "no trained token left after max_length " + std::to_string(opt.max_length));
+            ex.bad = true;
+        }
     }
     const int64_t kept = opt.image_tokens > 0 ? n_img_tokens / opt.image_tokens : 0;
     ex.image_paths.assign(paths.begin(), paths.begin() + std::min<int64_t>(kept, paths.size()));
@@ -181,6 +187,7 @@ Example build_example(const LlavaDataset & ds, size_t index, const Tokenizer & t
         }
         if (!errors.empty()) {
             bad.add(s.id, where, "bad_image", errors);
+            ex.bad = true;
             ex.masked = true;
         }
     }
@@ -210,6 +217,7 @@ Batch collate(std::vector<Example> & examples, int64_t pad_id) {
         }
         for (auto & im : e.images) images.push_back(im);
         b.sample_ids.push_back(e.id);
+        b.n_bad_samples += e.bad ? 1 : 0;
     }
     if (!images.empty()) b.images = torch::stack(images);
     return b;

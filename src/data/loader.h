@@ -73,6 +73,7 @@ struct Example {
     std::vector<std::string> image_paths;    // the images kept after truncation
     std::vector<torch::Tensor> images;       // [3, H, W] each (empty when not loaded)
     bool masked = false;                     // labels fully masked because of a reported problem
+    bool bad = false;                        // reported to the BadSampleLog (masked, or no target left)
 };
 
 // Builds one example; problems are reported to `bad` (id, file#record, kind, detail).

@@ -41,12 +41,27 @@ struct SpmApi {
     int (*pad_id)(void *);
 };
 
+#if defined(__SANITIZE_ADDRESS__)
+#define IDAMOE_UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define IDAMOE_UNDER_ASAN 1
+#endif
+#endif
+
 // Loads libsentencepiece (RTLD_DEEPBIND) and the shim once per process.
 const SpmApi & spm_api() {
     static SpmApi api{};
     static std::string error;
     static std::once_flag once;
     std::call_once(once, [] {
+#ifdef IDAMOE_UNDER_ASAN
+        // The ASan runtime kills the process on any RTLD_DEEPBIND dlopen (google/sanitizers#611), and
+        // without DEEPBIND the embedded protobuf-lite aborts: report it as an error instead.
+        error = "SentencePiece tokenizers are not available in AddressSanitizer builds (libsentencepiece needs "
+                "RTLD_DEEPBIND, which ASan refuses); use the normal build";
+        return;
+#endif
         if (!dlopen("libsentencepiece.so.0", RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND) &&
             !dlopen("libsentencepiece.so", RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND)) {
             error = std::string("cannot load libsentencepiece: ") + dlerror();

@@ -380,7 +380,7 @@ std::string save_checkpoint(const std::string & output_dir, const CheckpointData
         std::string msg = "saving checkpoint for step " + std::to_string(data.step) + " failed: " + e.what() + ". ";
         if (!previous.empty()) msg += "The previous checkpoint " + previous.back() + " is still valid (and `latest` names it).";
         else msg += "There is no earlier checkpoint in " + output_dir + ".";
-        throw CheckpointError(msg);
+        throw CheckpointWriteError(msg);
     }
     if (keep_last > 0) {
         auto all = list_checkpoints(output_dir);

@@ -32,6 +32,11 @@ constexpr int kCheckpointFormatVersion = 1;
 struct CheckpointError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
+// save_checkpoint failed (disk full, quota, permissions): an I/O failure of this run, unlike a
+// CheckpointError from loading, which means the checkpoint given to resume from is unusable.
+struct CheckpointWriteError : CheckpointError {
+    using CheckpointError::CheckpointError;
+};
 
 struct CheckpointData {
     int64_t step = 0;
@@ -43,7 +48,7 @@ struct CheckpointData {
 };
 
 // Writes a checkpoint for data.step and returns its final folder. keep_last > 0 deletes older complete
-// checkpoints beyond the newest keep_last. Throws CheckpointError (naming the file and the OS error, and
+// checkpoints beyond the newest keep_last. Throws CheckpointWriteError (naming the file and the OS error, and
 // which earlier checkpoint is still valid) on any write failure.
 std::string save_checkpoint(const std::string & output_dir, const CheckpointData & data, int64_t keep_last);
 

@@ -187,6 +187,7 @@ RunResult run_training(TrainTask & task, const core::Config & cfg, const LoopOpt
             restore_rank_state(ck, dir, dist, task);
             const auto & nf = ck.trainer_state.value("nonfinite", nlohmann::json::object());
             guard.restore(nf.value("in_row", int64_t{0}), nf.value("total", int64_t{0}));
+            res.skipped_samples = ck.trainer_state.value("skipped_samples", int64_t{0});
             step = ck.step;
             res.last_checkpoint = dir;
             spdlog::info("resumed from {} at step {}/{}", dir, step, opt.total_steps);
@@ -224,6 +225,7 @@ RunResult run_training(TrainTask & task, const core::Config & cfg, const LoopOpt
                 ck.trainer_state["samplers"] = samplers;
             }
             ck.trainer_state["nonfinite"] = {{"in_row", guard.in_row()}, {"total", guard.total_skipped()}};
+            ck.trainer_state["skipped_samples"] = res.skipped_samples;
             ck.trainer_state["schedule"] = {{"total_steps", schedule.total_steps}, {"warmup_steps", schedule.warmup_steps},
                                             {"peak_lr", schedule.peak_lr}, {"min_lr_ratio", schedule.min_lr_ratio}};
             ck.config_yaml = config_yaml;
@@ -232,8 +234,8 @@ RunResult run_training(TrainTask & task, const core::Config & cfg, const LoopOpt
                 res.last_checkpoint = path;
                 spdlog::info("saved checkpoint {}", path);
             } catch (const io::CheckpointError & e) {
-                spdlog::error("{}", e.what());
                 if (final_save) throw;
+                spdlog::error("{} Training continues; the next save (train.save_every) tries again.", e.what());
             }
         }
         if (dist.barrier) dist.barrier();
@@ -246,6 +248,7 @@ RunResult run_training(TrainTask & task, const core::Config & cfg, const LoopOpt
     const int64_t run_limit = tc.stop_after > 0 ? tc.stop_after : -1;
     res.stop_reason = "done";
     bool saved_at_step = false;
+    int64_t bad_since_log = 0;  // this rank's bad samples not yet summed over ranks
 
     while (step < opt.total_steps) {
         if (stop_requested()) {
@@ -301,6 +304,7 @@ RunResult run_training(TrainTask & task, const core::Config & cfg, const LoopOpt
             for (auto & [l, c] : r.counts_E) counts[l] = counts.count(l) ? counts[l] + c.detach() : c.detach();
             for (auto & [l, e] : r.entropy) entropy[l] = entropy.count(l) ? entropy[l] + e.detach() / double(ga) : e.detach() / double(ga);
             tokens += r.n_tokens;
+            bad_since_log += r.bad_samples;
             if (opt.flops) flops += opt.flops->step_flops(r.shape);
         }
         t0 = Clock::now();
@@ -342,6 +346,14 @@ RunResult run_training(TrainTask & task, const core::Config & cfg, const LoopOpt
         const bool log_now = step % std::max<int64_t>(1, tc.log_every) == 0 || step == opt.total_steps;
         if (log_now && dist.sum_tensor)  // collective: every rank, before rank 0 computes CV from global counts
             for (auto & kv : counts) kv.second = dist.sum_tensor(kv.second);
+        // Summed at every log and before every save (both on all ranks at the same steps), so the total in
+        // the JSONL and in the checkpoint is global and exact.
+        const bool save_now = tc.save_every > 0 && step % tc.save_every == 0 && step < opt.total_steps;
+        if (log_now || save_now) {
+            res.skipped_samples += static_cast<int64_t>(
+                dist.sum ? dist.sum(static_cast<double>(bad_since_log)) : static_cast<double>(bad_since_log));
+            bad_since_log = 0;
+        }
         if (dist.is_main() && log_now) {
             StepRecord rec;
             rec.step = step;
@@ -358,17 +370,23 @@ RunResult run_training(TrainTask & task, const core::Config & cfg, const LoopOpt
             rec.peak_flops = peak;
             rec.n_devices = dist.world_size;
             rec.skipped_nonfinite = guard.total_skipped();
+            rec.skipped_samples = res.skipped_samples;
             rec.routing = routing_stats(counts, entropy);
             metrics.log(rec, !bar.active());
         }
         bar.update(step, loss);
-        if (tc.save_every > 0 && step % tc.save_every == 0 && step < opt.total_steps) {
+        if (save_now) {
             save(false);
             saved_at_step = true;
         }
     }
     bar.finish();
     res.end_step = step;
+    if (bad_since_log != 0 || dist.sum) {  // collective when distributed: every rank reaches this point
+        res.skipped_samples += static_cast<int64_t>(
+            dist.sum ? dist.sum(static_cast<double>(bad_since_log)) : static_cast<double>(bad_since_log));
+        bad_since_log = 0;
+    }
     if (!saved_at_step) save(true);
     if (res.stop_reason != "done")
         spdlog::info("stopped at step {}/{} ({}); continue with --resume auto", step, opt.total_steps, res.stop_reason);

@@ -36,6 +36,7 @@ struct MicroBatchResult {
     std::map<int64_t, torch::Tensor> entropy;        // per MoE layer
     int64_t n_tokens = 0;                            // real (unpadded) tokens, for tokens/s
     StepShape shape;                                 // for the FLOP model
+    int64_t bad_samples = 0;                         // rows of this micro-batch the loader reported bad (masked)
 };
 
 class TrainTask {
@@ -90,6 +91,7 @@ struct RunResult {
     std::vector<double> losses;                      // per optimizer step run in this invocation
     std::string stop_reason;                         // "done" | "stop_after" | "signal"
     std::string last_checkpoint;
+    int64_t skipped_samples = 0;                     // bad samples, all ranks, since step 0 (carried across resumes)
     // Per-step timings (ms) for bench: data (loading micro-batches), forward, backward, optimizer (clip+step).
     std::vector<double> data_ms, forward_ms, backward_ms, optimizer_ms, step_ms;
     std::vector<int64_t> tokens;

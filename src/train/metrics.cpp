@@ -67,6 +67,7 @@ nlohmann::json StepRecord::to_json() const {
     j["achieved_gflops"] = achieved_flops_per_s() / 1e9;
     if (peak_flops > 0) j["mfu"] = mfu();
     j["skipped_nonfinite"] = skipped_nonfinite;
+    j["skipped_samples"] = skipped_samples;
     if (routing.any) {
         j["cv_mean"] = routing.cv_mean;
         j["routing_entropy"] = routing.entropy_mean;
@@ -96,6 +97,7 @@ std::string StepRecord::console_line() const {
         s.append(buf, static_cast<size_t>(n));
     }
     if (skipped_nonfinite > 0) s += " | skipped " + std::to_string(skipped_nonfinite);
+    if (skipped_samples > 0) s += " | bad samples " + std::to_string(skipped_samples);
     return s;
 }
 

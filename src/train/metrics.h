@@ -41,6 +41,7 @@ struct StepRecord {
     double peak_flops = 0.0;                       // 0 = unknown device (CPU): report GFLOP/s instead of MFU
     int64_t n_devices = 1;
     int64_t skipped_nonfinite = 0;
+    int64_t skipped_samples = 0;                   // bad samples (undecodable image, ...) trained with masked labels, all ranks, whole run
     RoutingStats routing;
 
     double achieved_flops_per_s() const { return step_ms > 0 ? flops_per_step / (step_ms / 1e3) : 0.0; }

@@ -193,6 +193,9 @@ public:
     nlohmann::json state() const override { return loader_->state(); }
     void load_state(const nlohmann::json & s) override { loader_->load_state(s); }
     int64_t num_samples() const override { return static_cast<int64_t>(ds_->size()); }
+    std::string bad_sample_summary() const override {
+        return loader_->runtime_bad().count() > 0 ? loader_->runtime_bad().summary() : std::string();
+    }
 
 private:
     std::shared_ptr<data::LlavaDataset> ds_;
@@ -242,6 +245,7 @@ public:
         }
         auto lens = b.attention_mask.sum(1);
         r.n_tokens = lens.sum().item<int64_t>();
+        r.bad_samples = b.n_bad_samples;
         for (int64_t k = 0; k < lens.size(0); ++k) r.shape.seq_lens.push_back(lens[k].item<int64_t>());
         r.shape.n_images = b.images.defined() ? b.images.size(0) : 0;
         r.shape.n_image_tokens = (b.input_ids == model::kImageTokenId).sum().item<int64_t>();
@@ -434,6 +438,12 @@ StageRun run_stage(const core::Config & cfg, const std::string & resume, std::un
     run.total_steps = total;
     run.stop_reason = res.stop_reason;
     run.losses = res.losses;
+    run.skipped_samples = res.skipped_samples;
+    if (res.skipped_samples > 0) {
+        const std::string kinds = source->bad_sample_summary();
+        spdlog::warn("{} bad samples were skipped (kept with fully masked labels) since step 0 of this stage{}{}",
+                     res.skipped_samples, kinds.empty() ? "" : "; this rank's loader (counting batches prefetched past the last step) saw ", kinds);
+    }
     if (res.stop_reason == "done" && env.rank == 0) {
         run.export_dir = export_stage(sm, cfg);
         spdlog::info("stage {} finished: exported {}", cfg.train.stage, run.export_dir);

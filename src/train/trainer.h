@@ -33,6 +33,7 @@ struct StageRun {
     std::string stop_reason;        // done | stop_after | signal
     std::string export_dir;         // set when the stage finished and was exported
     std::vector<double> losses;
+    int64_t skipped_samples = 0;    // bad samples (masked rows) over the whole run, all ranks
 };
 
 // A LLaVA model as a stage uses it, with the FFN slots it carries.
@@ -64,6 +65,8 @@ public:
     virtual nlohmann::json state() const = 0;
     virtual void load_state(const nlohmann::json & state) = 0;
     virtual int64_t num_samples() const = 0;   // per epoch, all ranks (for the schedule length)
+    // What the loader reported as bad on this rank (kinds, first examples); "" when nothing was.
+    virtual std::string bad_sample_summary() const { return ""; }
 };
 
 // Runs (or resumes: resume = "", "auto" or a checkpoint folder) the stage cfg.train.stage names.

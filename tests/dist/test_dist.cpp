@@ -131,7 +131,7 @@ void check_against_reference(const TempDir & dir, const std::string & variant) {
 
 }  // namespace
 
-TEST_CASE("launch env: torchrun-style, Open MPI and PMI variables; single process needs none", "[dist]") {
+TEST_CASE("launch env: torchrun-style, Open MPI and PMI variables, single process needs none", "[dist]") {
     dist::LaunchEnv single = env_of({});
     CHECK(single.world_size == 1);
     CHECK(single.rank == 0);
@@ -180,7 +180,7 @@ TEST_CASE("launch env: torchrun-style, Open MPI and PMI variables; single proces
                Catch::Contains("not a TCP port"));
 }
 
-TEST_CASE("comm: world size 1 communicates nothing; nccl is refused without CUDA", "[dist]") {
+TEST_CASE("comm: world size 1 communicates nothing, nccl is refused without CUDA", "[dist]") {
     core::DistConfig cfg;
     dist::Comm comm(cfg, dist::LaunchEnv{});
     CHECK(comm.world_size() == 1);

@@ -223,7 +223,7 @@ struct AuxMlpImpl : model::FfnImpl {
 
 }  // namespace
 
-TEST_CASE("decoders: FFN slots can be swapped; checkpointing keeps aux-loss and frozen-input gradients", "[parity][decoder]") {
+TEST_CASE("decoders: FFN slots can be swapped, checkpointing keeps aux-loss and frozen-input gradients", "[parity][decoder]") {
     auto f = load_fixture("qwen2");
     auto ids = f.in.at("input_ids");
     auto labels = f.in.at("labels");

@@ -64,7 +64,7 @@ LoaderOptions small_opts() {
 
 }  // namespace
 
-TEST_CASE("dataset: good records load; each kind of bad record is reported and left out", "[data][dataset]") {
+TEST_CASE("dataset: good records load, each kind of bad record is reported and left out", "[data][dataset]") {
     TempDir d;
     make_dataset(d, 2, 2);
     nlohmann::json arr = nlohmann::json::parse(std::ifstream(d.str("train.json")));

@@ -111,7 +111,7 @@ TEST_CASE("gmm: fp32 stays finite with a near-dead component and a tiny variance
     CHECK(torch::allclose(top.gates_TK.sum(1), torch::ones({T})));
 }
 
-TEST_CASE("gmm: reactivation moves a far, low-weight component; plain NLL does not", "[moe][gmm]") {
+TEST_CASE("gmm: reactivation moves a far, low-weight component, plain NLL does not", "[moe][gmm]") {
     auto grad_of_far_mean = [](bool reactivation) {
         moe::MoeLayerConfig cfg;
         cfg.d_model = 8, cfg.d_ff = 16, cfg.num_experts = 2, cfg.top_k = 1, cfg.centers_per_expert = 2;

@@ -62,7 +62,7 @@ Batch make_batch(int64_t N, int64_t image_px) {
 
 }  // namespace
 
-TEST_CASE("llava: parameter names are LLaVA checkpoint keys; the tower is frozen and not registered", "[llava]") {
+TEST_CASE("llava: parameter names are LLaVA checkpoint keys, the tower is frozen and not registered", "[llava]") {
     model::LlavaModel m = model::build_llava(tiny_options());
     auto names = m->named_parameters();
     auto llm_names = m->llm()->named_parameters();
@@ -95,7 +95,7 @@ TEST_CASE("llava: parameter names are LLaVA checkpoint keys; the tower is frozen
     CHECK(linear->num_image_tokens() == 16);  // SigLIP 56 px / 14: 4x4 patches, no CLS, all kept
 }
 
-TEST_CASE("llava: mlp2x_gelu projector equals a hand computation; init is seeded", "[llava]") {
+TEST_CASE("llava: mlp2x_gelu projector equals a hand computation, init is seeded", "[llava]") {
     model::LlavaModel m = model::build_llava(tiny_options());
     auto & proj = m->projector();
     torch::manual_seed(11);
@@ -147,7 +147,7 @@ TEST_CASE("llava: image features land at the placeholder positions, text elsewhe
     CHECK(max_abs_diff(x[1][2 * N + 1], emb[77]) == 0.0);
 }
 
-TEST_CASE("llava: forward = decoder on spliced embeddings; loss ignores image positions", "[llava]") {
+TEST_CASE("llava: forward = decoder on spliced embeddings, loss ignores image positions", "[llava]") {
     model::LlavaModel m = model::build_llava(tiny_options());
     m->eval();
     const int64_t N = m->num_image_tokens();
@@ -273,7 +273,7 @@ TEST_CASE("llava: projector checkpoints (LLaVA and MoE-LLaVA key styles) load st
                                                  Catch::Contains("clip_vision/config.json"));
 }
 
-TEST_CASE("llava: FFN swaps in the decoder show through; to(dtype) reaches tower, projector and decoder", "[llava]") {
+TEST_CASE("llava: FFN swaps in the decoder show through, to(dtype) reaches tower, projector and decoder", "[llava]") {
     model::LlavaModel m = model::build_llava(tiny_options("siglip_vision"));
     // What the MoE code does to upcycle a layer: the LlavaModel shares the decoder's layer objects.
     m->llm()->set_ffn(1, std::make_shared<model::SwiGluMlpImpl>(64, 32));

@@ -165,7 +165,7 @@ TEST_CASE("tokenizer: throughput on repeated corpus text (reported, not asserted
     CHECK(tok->decode(ids) == nfc(text));
 }
 
-TEST_CASE("tokenizer: SentencePiece .model gives spm_encode's ids; control symbols match in text", "[data][tokenizer]") {
+TEST_CASE("tokenizer: SentencePiece .model gives spm_encode's ids, control symbols match in text", "[data][tokenizer]") {
     auto tok = load_tokenizer(fixture_path("sentencepiece/tiny.model"));
     std::ifstream corpus(fixture_path("sentencepiece/corpus.txt")), expected(fixture_path("sentencepiece/expected_ids.txt"));
     std::string line, ids_line;

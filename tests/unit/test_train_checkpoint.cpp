@@ -81,7 +81,7 @@ TEST_CASE("checkpoint: RNG state restores the exact random stream", "[train]") {
     CHECK(torch::equal(a, b));
 }
 
-TEST_CASE("checkpoint: corrupt and truncated checkpoints are detected; auto falls back", "[train]") {
+TEST_CASE("checkpoint: corrupt and truncated checkpoints are detected, auto falls back", "[train]") {
     test::TempDir dir;
     const auto c1 = io::save_checkpoint(dir.str(), sample(1), 0);
     const auto c2 = io::save_checkpoint(dir.str(), sample(2), 0);

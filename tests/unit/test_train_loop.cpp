@@ -282,7 +282,7 @@ TEST_CASE("loop: grad accumulation equals one big batch (token-mean loss)", "[tr
     }
 }
 
-TEST_CASE("loop: a non-finite step is skipped; too many in a row stop with the checkpoint intact", "[train]") {
+TEST_CASE("loop: a non-finite step is skipped, too many in a row stop with the checkpoint intact", "[train]") {
     test::TempDir dir;
     auto cfg = toy_config(dir.str(), 6);
     cfg.data.grad_accum = 1;
@@ -325,4 +325,58 @@ TEST_CASE("loop: a stop signal ends the run at the step boundary with a checkpoi
     CHECK(res.end_step == 3);
     CHECK(res.last_checkpoint == ckpt(dir.str(), 3));
     CHECK(io::verify_checkpoint(res.last_checkpoint).empty());
+}
+
+// Complements the test above (which covers skip, stop message and the intact checkpoint): what a
+// skipped step leaves behind on disk and in the metrics JSONL.
+TEST_CASE("loop: a skipped non-finite step changes no weight or optimizer state and is counted in the JSONL", "[train]") {
+    test::TempDir dir;
+    auto cfg = toy_config(dir.str(), 5);
+    cfg.data.grad_accum = 1;
+    cfg.train.max_nonfinite_in_row = 1;
+    cfg.train.save_every = 1;
+    cfg.checkpoint.keep_last = 10;
+    cfg.logging.jsonl = "metrics.jsonl";
+    ToyTask task(4, 64, 0.0);
+    task.nan_at_forward = {2};  // step 3
+    LoopOptions opt;
+    opt.total_steps = 5;
+    auto res = run_training(task, cfg, opt);
+    REQUIRE(res.losses.size() == 5);
+    // Checkpoints after steps 2 and 3 hold the same weights and AdamW state (moments and step counts).
+    auto same = [&](int64_t s1, int64_t s2, const char * file) {
+        const std::string a = file_bytes(ckpt(dir.str(), s1) + file), b = file_bytes(ckpt(dir.str(), s2) + file);
+        INFO(file << " of steps " << s1 << " and " << s2 << ": " << a.size() << " and " << b.size() << " bytes");
+        REQUIRE(!a.empty());
+        return a == b;
+    };
+    CHECK(same(2, 3, "/model.safetensors"));
+    CHECK(same(2, 3, "/optimizer.safetensors"));
+    CHECK(!same(3, 4, "/model.safetensors"));
+    CHECK(io::load_checkpoint(ckpt(dir.str(), 3)).trainer_state["nonfinite"]["total"] == 1);
+    std::vector<nlohmann::json> recs;
+    std::ifstream in(dir.str("metrics.jsonl"));
+    for (std::string line; std::getline(in, line);) recs.push_back(nlohmann::json::parse(line));
+    REQUIRE(recs.size() == 5);
+    CHECK(recs[1]["skipped_nonfinite"] == 0);
+    CHECK(recs[2]["step"] == 3);
+    CHECK(recs[2]["loss"].is_null());  // NaN has no JSON form
+    CHECK(recs[2]["skipped_nonfinite"] == 1);
+    CHECK(recs[4]["skipped_nonfinite"] == 1);
+
+    // Too many in a row: the JSONL ends with a stopped_nonfinite event naming the intact checkpoint.
+    test::TempDir dir2;
+    auto cfg2 = cfg;
+    cfg2.train.output_dir = dir2.str();
+    ToyTask bad(4, 64, 0.0);
+    bad.nan_at_forward = {1, 2};
+    CHECK_THROWS_AS(run_training(bad, cfg2, opt), TrainingStopped);
+    std::ifstream in2(dir2.str("metrics.jsonl"));
+    std::string line, last;
+    while (std::getline(in2, line)) last = line;
+    auto ev = nlohmann::json::parse(last);
+    CHECK(ev["event"] == "stopped_nonfinite");
+    CHECK(ev["step"] == 2);
+    CHECK_THAT(ev["message"].get<std::string>(), Catch::Contains("2 optimizer steps in a row") && Catch::Contains(ckpt(dir2.str(), 2)));
+    CHECK(io::resolve_resume(dir2.str(), "auto") == ckpt(dir2.str(), 2));  // after the first (skipped) NaN step
 }

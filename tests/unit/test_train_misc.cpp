@@ -188,7 +188,7 @@ TEST_CASE("train: routing metrics (CV, entropy, load) and JSONL records", "[trai
 #include "io/checkpoint.h"
 #include "train/export.h"
 
-TEST_CASE("train: HF export writes shards + index, config and tokenizer files; init_from resolves it", "[train]") {
+TEST_CASE("train: HF export writes shards + index, config and tokenizer files, init_from resolves it", "[train]") {
     idamoe::test::TempDir dir;
     idamoe::test::write_text(dir.str("base/tokenizer.json"), "{\"tok\": 1}");
     idamoe::io::TensorMap w;
