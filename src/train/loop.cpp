@@ -351,7 +351,7 @@ RunResult run_training(TrainTask & task, const core::Config & cfg, const LoopOpt
         const bool save_now = tc.save_every > 0 && step % tc.save_every == 0 && step < opt.total_steps;
         if (log_now || save_now) {
             res.skipped_samples += static_cast<int64_t>(
-                dist.sum ? dist.sum(static_cast<double>(bad_since_log)) : static_cast<double>(bad_since_log));
+                dist.sum ? dist.sum({static_cast<double>(bad_since_log)})[0] : static_cast<double>(bad_since_log));
             bad_since_log = 0;
         }
         if (dist.is_main() && log_now) {
@@ -384,7 +384,7 @@ RunResult run_training(TrainTask & task, const core::Config & cfg, const LoopOpt
     res.end_step = step;
     if (bad_since_log != 0 || dist.sum) {  // collective when distributed: every rank reaches this point
         res.skipped_samples += static_cast<int64_t>(
-            dist.sum ? dist.sum(static_cast<double>(bad_since_log)) : static_cast<double>(bad_since_log));
+            dist.sum ? dist.sum({static_cast<double>(bad_since_log)})[0] : static_cast<double>(bad_since_log));
         bad_since_log = 0;
     }
     if (!saved_at_step) save(true);
