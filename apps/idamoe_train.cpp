@@ -22,10 +22,33 @@
 #include <csignal>
 #include <cstdio>
 #include <iostream>
+#include <optional>
 
 using namespace idamoe;
 
 namespace {
+
+// Parses the command line, then loads the config file it names (with --set overrides); returns the exit
+// code when either fails (CLI11's for --help/usage, 2 for a config error), nothing when cfg is ready.
+std::optional<int> parse_and_load_config(CLI::App & app, int argc, char ** argv, const char * prog,
+                                         const std::string & config_file, const std::vector<std::string> & overrides,
+                                         core::Config & cfg) {
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError & e) {
+        return app.exit(e);
+    }
+    try {
+        cfg = core::load_config(config_file, overrides);
+    } catch (const core::ConfigError & e) {
+        std::fprintf(stderr, "%s: config error: %s\n", prog, e.what());
+        return 2;
+    } catch (const std::exception & e) {
+        std::fprintf(stderr, "%s: %s\n", prog, e.what());
+        return 2;
+    }
+    return std::nullopt;
+}
 
 int bench_main(int argc, char ** argv) {
     CLI::App app{"idamoe-train bench: training-step throughput of a decoder (dense or MoE, optional vision) on synthetic data"};
@@ -79,18 +102,8 @@ int eval_main(int argc, char ** argv) {
     app.add_option("--limit", o.limit, "answer only the first N questions")->check(CLI::NonNegativeNumber);
     app.add_option("--max-new-tokens", o.max_new_tokens, "greedy tokens per answer")->check(CLI::PositiveNumber);
     app.add_option("--model-id", o.model_id, "model_id written into answers.jsonl");
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::ParseError & e) {
-        return app.exit(e);
-    }
     core::Config cfg;
-    try {
-        cfg = core::load_config(config_file, overrides);
-    } catch (const std::exception & e) {
-        std::fprintf(stderr, "idamoe-train eval: config error: %s\n", e.what());
-        return 2;
-    }
+    if (auto rc = parse_and_load_config(app, argc, argv, "idamoe-train eval", config_file, overrides, cfg)) return *rc;
     core::init_logging(cfg.logging.level);
     try {
         auto scores = train::run_model_eval(cfg, o);
@@ -136,22 +149,8 @@ int main(int argc, char ** argv) {
     app.add_option("--log-level", log_level, "trace|debug|info|warn|error (overrides logging.level)")
         ->group("Logging")->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
 
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::ParseError & e) {
-        return app.exit(e);
-    }
-
     core::Config cfg;
-    try {
-        cfg = core::load_config(config_file, overrides);
-    } catch (const core::ConfigError & e) {
-        std::fprintf(stderr, "idamoe-train: config error: %s\n", e.what());
-        return 2;
-    } catch (const std::exception & e) {
-        std::fprintf(stderr, "idamoe-train: %s\n", e.what());
-        return 2;
-    }
+    if (auto rc = parse_and_load_config(app, argc, argv, "idamoe-train", config_file, overrides, cfg)) return *rc;
     if (!log_level.empty()) cfg.logging.level = log_level;
 
     if (print_config) {
