@@ -1,9 +1,10 @@
-// defines: fixture_path, TempDir, write_text — shared helpers for the Catch2 suite
+// defines: fixture_path, TempDir, write_text, read_file — shared helpers for the Catch2 suite
 #pragma once
 
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <sstream>
 #include <string>
 
 namespace idamoe::test {
@@ -25,6 +26,14 @@ struct TempDir {
     }
     std::string str(const std::string & rel = "") const { return rel.empty() ? path.string() : (path / rel).string(); }
 };
+
+// The whole file as bytes ("" when it cannot be read).
+inline std::string read_file(const std::string & path) {
+    std::ifstream in(path, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
 
 inline void write_text(const std::string & file, const std::string & text) {
     std::filesystem::create_directories(std::filesystem::path(file).parent_path());

@@ -1,8 +1,10 @@
-// defines: free_port, spawn_process, wait_process, read_file — running ranks as child processes in tests
+// defines: free_port, spawn_process, wait_process — running ranks as child processes in tests
 //
 // Multi-rank tests start fresh copies of idamoe_tests (posix_spawn = exec right away, never a fork of a
 // process that already initialised torch) running a hidden worker test case, one per rank.
 #pragma once
+
+#include "test_utils.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -92,13 +94,6 @@ inline int wait_process(pid_t pid, double deadline_s) {
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-}
-
-inline std::string read_file(const std::string & path) {
-    std::ifstream in(path, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
 }
 
 }  // namespace idamoe::test

@@ -30,17 +30,11 @@
 namespace fs = std::filesystem;
 using idamoe::test::binary_path;
 using idamoe::test::fixture_path;
+using idamoe::test::read_file;
 using idamoe::test::TempDir;
 using json = nlohmann::json;
 
 namespace {
-
-std::string slurp(const fs::path & p) {
-    std::ifstream in(p, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
 
 int run(const std::string & cmd) {
     INFO("command: " << cmd);
@@ -57,7 +51,7 @@ std::string gen_cmd(const std::string & out, int seed) {
 std::map<std::string, std::string> tree(const fs::path & dir) {
     std::map<std::string, std::string> out;
     for (const auto & e : fs::recursive_directory_iterator(dir))
-        if (e.is_regular_file()) out[fs::relative(e.path(), dir).string()] = slurp(e.path());
+        if (e.is_regular_file()) out[fs::relative(e.path(), dir).string()] = read_file(e.path());
     return out;
 }
 
@@ -94,7 +88,7 @@ TEST_CASE("gen-shapes-dataset writes valid LLaVA data with every promised questi
     REQUIRE(run(gen_cmd(d.string(), 3)) == 0);
 
     SECTION("stage-1 captions: human '<image>', gpt caption (plain template)") {
-        json caps = json::parse(slurp(d / "captions.json"));
+        json caps = json::parse(read_file(d / "captions.json"));
         REQUIRE(caps.is_array());
         REQUIRE(caps.size() == 12);
         for (const auto & r : caps) {
@@ -111,7 +105,7 @@ TEST_CASE("gen-shapes-dataset writes valid LLaVA data with every promised questi
     }
 
     SECTION("stage-2/3 image instructions: alternating turns, <image> once, single-word answers") {
-        json recs = json::parse(slurp(d / "instruct_image.json"));
+        json recs = json::parse(read_file(d / "instruct_image.json"));
         REQUIRE(recs.size() == 40);
         std::map<std::string, int> types;
         for (const auto & r : recs) {
@@ -143,7 +137,7 @@ TEST_CASE("gen-shapes-dataset writes valid LLaVA data with every promised questi
             INFO("question type " << k);
             CHECK(types[k] > 0);
         }
-        json text = json::parse(slurp(d / "instruct_text.json"));
+        json text = json::parse(read_file(d / "instruct_text.json"));
         REQUIRE(text.size() == 8);
         for (const auto & r : text) {
             CHECK_FALSE(r.contains("image"));
@@ -201,7 +195,7 @@ TEST_CASE("gen-shapes-dataset writes valid LLaVA data with every promised questi
 }
 
 TEST_CASE("BPE encoder reproduces Hugging Face's ids on the Qwen2 fixture tokenizer", "[demo]") {
-    auto model = idamoe::demo::bpe_from_hf_json(json::parse(slurp(fixture_path("tokenizer/qwen2/tokenizer.json"))));
+    auto model = idamoe::demo::bpe_from_hf_json(json::parse(read_file(fixture_path("tokenizer/qwen2/tokenizer.json"))));
     REQUIRE(model.size() == 151646);
     idamoe::demo::BpeEncoder enc(model);
     std::ifstream corpus(fixture_path("tokenizer/corpus.jsonl")), ids(fixture_path("tokenizer/expected_ids.jsonl"));
@@ -222,7 +216,7 @@ TEST_CASE("train-bpe-tokenizer: Qwen2-format tokenizer.json, answers are single 
     TempDir t;
     REQUIRE(run(gen_cmd(t.str("d"), 5)) == 0);
     REQUIRE(run(binary_path("train-bpe-tokenizer") + " --corpus " + t.str("d/corpus.txt") + " --vocab-size 512 --out " + t.str("tok.json")) == 0);
-    json j = json::parse(slurp(t.str("tok.json")));
+    json j = json::parse(read_file(t.str("tok.json")));
     auto model = idamoe::demo::bpe_from_hf_json(j);
     CHECK(model.size() == 512);  // the demo's size; even this small corpus has enough repeated pairs
     CHECK(j.at("model").at("type") == "BPE");
@@ -265,15 +259,15 @@ TEST_CASE("make-tiny-models: HF directories that load back, seeded", "[demo]") {
     SECTION("same seed, same bytes; another seed, other weights") {
         for (const char * f : {"tiny-qwen2/model.safetensors", "tiny-clip/model.safetensors", "tiny-qwen2/config.json"}) {
             INFO(f);
-            CHECK(slurp(m / f) == slurp(fs::path(t.str("m_again")) / f));
+            CHECK(read_file(m / f) == read_file(fs::path(t.str("m_again")) / f));
         }
-        CHECK(slurp(m / "tiny-qwen2/model.safetensors") != slurp(fs::path(t.str("m_other")) / "tiny-qwen2/model.safetensors"));
-        CHECK(slurp(m / "tiny-qwen2/config.json") == slurp(fs::path(t.str("m_other")) / "tiny-qwen2/config.json"));
+        CHECK(read_file(m / "tiny-qwen2/model.safetensors") != read_file(fs::path(t.str("m_other")) / "tiny-qwen2/model.safetensors"));
+        CHECK(read_file(m / "tiny-qwen2/config.json") == read_file(fs::path(t.str("m_other")) / "tiny-qwen2/config.json"));
     }
 
     SECTION("tiny-qwen2: config matches the tokenizer; strict load; a forward gives finite logits") {
-        json cfg = json::parse(slurp(m / "tiny-qwen2/config.json"));
-        auto tok = idamoe::demo::bpe_from_hf_json(json::parse(slurp(m / "tiny-qwen2/tokenizer.json")));
+        json cfg = json::parse(read_file(m / "tiny-qwen2/config.json"));
+        auto tok = idamoe::demo::bpe_from_hf_json(json::parse(read_file(m / "tiny-qwen2/tokenizer.json")));
         CHECK(cfg.at("model_type") == "qwen2");
         CHECK(cfg.at("vocab_size") == tok.size());
         CHECK(cfg.at("tie_word_embeddings") == true);
@@ -283,10 +277,10 @@ TEST_CASE("make-tiny-models: HF directories that load back, seeded", "[demo]") {
         CHECK(cfg.at("num_key_value_heads") == 2);
         CHECK(cfg.at("eos_token_id") == tok.special_id("<|endoftext|>"));
         CHECK(cfg.at("pad_token_id") == tok.special_id("<|extra_0|>"));
-        json tc = json::parse(slurp(m / "tiny-qwen2/tokenizer_config.json"));
+        json tc = json::parse(read_file(m / "tiny-qwen2/tokenizer_config.json"));
         CHECK(tc.at("eos_token") == "<|endoftext|>");
         CHECK(tc.at("pad_token") == "<|extra_0|>");
-        CHECK(json::parse(slurp(m / "tiny-qwen2/generation_config.json")).at("eos_token_id") == tok.special_id("<|endoftext|>"));
+        CHECK(json::parse(read_file(m / "tiny-qwen2/generation_config.json")).at("eos_token_id") == tok.special_id("<|endoftext|>"));
 
         idamoe::io::SafetensorsFile st((m / "tiny-qwen2/model.safetensors").string());
         CHECK_FALSE(st.contains("lm_head.weight"));  // tied, as HF writes it
@@ -312,13 +306,13 @@ TEST_CASE("make-tiny-models: HF directories that load back, seeded", "[demo]") {
     }
 
     SECTION("tiny-clip: HF CLIPVisionModel names (as the fixture's) and shapes from its config") {
-        json cfg = json::parse(slurp(m / "tiny-clip/config.json"));
+        json cfg = json::parse(read_file(m / "tiny-clip/config.json"));
         CHECK(cfg.at("model_type") == "clip_vision_model");
         CHECK(cfg.at("image_size") == 56);
         CHECK(cfg.at("patch_size") == 14);
         CHECK(cfg.at("hidden_size") == 128);
         CHECK(cfg.at("num_hidden_layers") == 2);
-        json pp = json::parse(slurp(m / "tiny-clip/preprocessor_config.json"));
+        json pp = json::parse(read_file(m / "tiny-clip/preprocessor_config.json"));
         CHECK(pp.at("crop_size").at("height") == 56);
         CHECK(pp.at("size").at("shortest_edge") == 56);
 
@@ -349,7 +343,7 @@ TEST_CASE("demo data + tokenizer + configs pass the data pipeline with zero toke
     REQUIRE(run(binary_path("make-tiny-models") + " --tokenizer " + t.str("tokenizer.json") + " --out " + t.str("models")) == 0);
 
     auto tok = idamoe::data::load_tokenizer(t.str("models/tiny-qwen2"));
-    auto mine = idamoe::demo::bpe_from_hf_json(json::parse(slurp(t.str("tokenizer.json"))));
+    auto mine = idamoe::demo::bpe_from_hf_json(json::parse(read_file(t.str("tokenizer.json"))));
     CHECK(tok->vocab_size() == mine.size());
     CHECK(tok->eos_id() == mine.special_id("<|endoftext|>"));
     CHECK(tok->pad_id() == mine.special_id("<|extra_0|>"));

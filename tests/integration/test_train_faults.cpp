@@ -29,20 +29,14 @@
 extern char ** environ;
 
 using namespace idamoe;
+using idamoe::test::read_file;
 namespace fs = std::filesystem;
 
 namespace {
 
-std::string slurp(const std::string & p) {
-    std::ifstream in(p, std::ios::binary);
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
-
 // Both files exist, are non-empty and hold the same bytes (without printing megabytes on failure).
 bool same_bytes(const std::string & a, const std::string & b) {
-    const std::string x = slurp(a), y = slurp(b);
+    const std::string x = read_file(a), y = read_file(b);
     INFO(a << ": " << x.size() << " bytes, " << b << ": " << y.size() << " bytes");
     REQUIRE(!x.empty());
     return x == y;
@@ -179,7 +173,7 @@ TEST_CASE("faults: kill -9 between checkpoints, --resume auto equals an uninterr
     }
     ::kill(pid, SIGKILL);
     const int killed = wait_child(pid);
-    INFO(slurp(w.dir.str("b.log")));
+    INFO(read_file(w.dir.str("b.log")));
     REQUIRE(ready);
     REQUIRE(killed == 128 + SIGKILL);  // it did not finish on its own
     const auto before = records(b + "/metrics.jsonl");
@@ -189,7 +183,7 @@ TEST_CASE("faults: kill -9 between checkpoints, --resume auto equals an uninterr
     CHECK(io::verify_checkpoint(resumed_from).empty());
 
     REQUIRE(run_train({"--config", cfg_b, "--resume", "auto"}, w.dir.str("b2.log")) == 0);
-    const std::string log2 = slurp(w.dir.str("b2.log"));
+    const std::string log2 = read_file(w.dir.str("b2.log"));
     INFO(log2);
     CHECK_THAT(log2, Catch::Contains("resumed from " + resumed_from));
 
@@ -213,12 +207,12 @@ TEST_CASE("faults: kill -9 between checkpoints, --resume auto equals an uninterr
 TEST_CASE("faults: 5% corrupt or missing images are skipped, counted and reported, the run completes", "[train][integration][faults]") {
     TinyWorld w(80);
     const std::string images = w.dir.str("data/images");
-    auto data = nlohmann::json::parse(slurp(w.dir.str("data/captions.json")));
+    auto data = nlohmann::json::parse(read_file(w.dir.str("data/captions.json")));
     REQUIRE(data.size() == 80);
     // One of each kind of damage, 4 of 80 samples = 5% (data.max_bad_fraction's default).
-    const std::string png = slurp(images + "/" + data[0]["image"].get<std::string>());
+    const std::string png = read_file(images + "/" + data[0]["image"].get<std::string>());
     test::write_text(images + "/bad_truncated.png", png.substr(0, png.size() / 2));
-    test::write_text(images + "/bad_truncated.jpg", slurp(test::fixture_path("images/truncated.jpg")));
+    test::write_text(images + "/bad_truncated.jpg", read_file(test::fixture_path("images/truncated.jpg")));
     std::string garbage(3000, '\0');
     for (size_t i = 0; i < garbage.size(); ++i) garbage[i] = static_cast<char>((i * 2654435761u) >> 13);
     test::write_text(images + "/bad_garbage.png", garbage);
@@ -231,7 +225,7 @@ TEST_CASE("faults: 5% corrupt or missing images are skipped, counted and reporte
     const int64_t N = 10;  // exactly one epoch at batch 8: every sample, bad ones included, is used once
     const std::string cfg = w.config("c.yaml", out, N, 0, 8, w.dir.str("data/captions_damaged.json"));
     const int rc = run_train({"--config", cfg}, w.dir.str("c.log"));
-    const std::string log = slurp(w.dir.str("c.log"));
+    const std::string log = read_file(w.dir.str("c.log"));
     INFO(log);
     REQUIRE(rc == 0);
     CHECK(fs::exists(out + "/hf/model.safetensors"));
@@ -255,14 +249,14 @@ TEST_CASE("faults: a full disk while saving keeps the previous checkpoint, --res
     const std::string cfg = w.config("b.yaml", b, N, 2, 4);
     REQUIRE(run_train({"--config", cfg, "--set", "train.stop_after=2"}, w.dir.str("b1.log")) == 0);
     REQUIRE(io::verify_checkpoint(ckpt(b, 2)).empty());
-    const auto ckpt_bytes = slurp(ckpt(b, 2) + "/model.safetensors");
+    const auto ckpt_bytes = read_file(ckpt(b, 2) + "/model.safetensors");
 
     // Every file may grow to 24 KiB: the metrics JSONL and the log fit, model.safetensors (the
     // projector, ~100 KiB) does not. The binary ignores SIGXFSZ, so write() fails with EFBIG as on a full disk.
     const rlim_t limit = 24 * 1024;
     REQUIRE(fs::file_size(ckpt(b, 2) + "/model.safetensors") > limit);
     const int rc = run_train({"--config", cfg, "--resume", "auto"}, w.dir.str("b2.log"), limit);
-    const std::string log = slurp(w.dir.str("b2.log"));
+    const std::string log = read_file(w.dir.str("b2.log"));
     INFO(log);
     CHECK(rc == 1);  // an I/O failure of this run, not a config error
     // The mid-run saves (steps 4, 6) fail and training goes on; the final one fails the run. Each says
@@ -275,11 +269,11 @@ TEST_CASE("faults: a full disk while saving keeps the previous checkpoint, --res
     for (int64_t s : {4, 6, 8}) CHECK(!fs::exists(ckpt(b, s) + ".tmp"));
     CHECK(latest_name(b) == "checkpoint-00000002");
     CHECK(io::verify_checkpoint(ckpt(b, 2)).empty());
-    CHECK((slurp(ckpt(b, 2) + "/model.safetensors") == ckpt_bytes));
+    CHECK((read_file(ckpt(b, 2) + "/model.safetensors") == ckpt_bytes));
 
     // Space again: the resume continues from step 2 and ends where the uninterrupted run did.
     REQUIRE(run_train({"--config", cfg, "--resume", "auto"}, w.dir.str("b3.log")) == 0);
-    CHECK_THAT(slurp(w.dir.str("b3.log")), Catch::Contains("resumed from " + ckpt(b, 2)));
+    CHECK_THAT(read_file(w.dir.str("b3.log")), Catch::Contains("resumed from " + ckpt(b, 2)));
     CHECK(same_bytes(ckpt(a, N) + "/model.safetensors", ckpt(b, N) + "/model.safetensors"));
     CHECK(same_bytes(a + "/hf/model.safetensors", b + "/hf/model.safetensors"));
 }

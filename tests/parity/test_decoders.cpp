@@ -20,6 +20,7 @@
 
 using namespace idamoe;
 using idamoe::test::fixture_path;
+using idamoe::test::read_file;
 using idamoe::test::TempDir;
 
 namespace {
@@ -396,11 +397,6 @@ int run_cmd(const std::string & cmd, const std::string & err_file) {
     return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
 }
 
-std::string slurp(const std::string & path) {
-    std::ifstream in(path);
-    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
 }  // namespace
 
 TEST_CASE("idamoe-forward: end to end on the LM fixtures", "[parity][decoder][cli]") {
@@ -416,7 +412,7 @@ TEST_CASE("idamoe-forward: end to end on the LM fixtures", "[parity][decoder][cl
                                        " --grad model.layers.0.self_attn.q_proj.weight"
                                        " --grad model.layers.1.mlp.down_proj.weight",
                                    d.str("err.txt"));
-            INFO(slurp(d.str("err.txt")));
+            INFO(read_file(d.str("err.txt")));
             REQUIRE(rc == 0);
             auto got = io::load_safetensors(out);
             auto ref = io::load_safetensors(dir + "/outputs.safetensors");
@@ -435,7 +431,7 @@ TEST_CASE("idamoe-forward: end to end on the LM fixtures", "[parity][decoder][cl
         const std::string in = q + "/inputs.safetensors";
         auto run = [&](const std::string & args) {
             const int rc = run_cmd(bin + " " + args, d.str("err.txt"));
-            return std::make_pair(rc, slurp(d.str("err.txt")));
+            return std::make_pair(rc, read_file(d.str("err.txt")));
         };
         auto [rc1, e1] = run("--model " + fixture_path("hf/clip_vision") + " --inputs " + in + " --out " + d.str("o"));
         CHECK(rc1 == 1);

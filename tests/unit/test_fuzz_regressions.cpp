@@ -9,22 +9,13 @@
 #include <fstream>
 #include <sstream>
 
-namespace {
-
-std::string read_bytes(const std::string & path) {
-    std::ifstream in(path, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
-
-}  // namespace
+using idamoe::test::read_file;
 
 TEST_CASE("fuzz regression: JPEG whose Huffman table declares more than 256 codes", "[fuzz][data]") {
     // stb_image 2.27 wrote past stbi__huffman::size[257] on this file (fuzz_image).
     // The later files reach their DHT through stb's marker resynchronisation (fill bytes before SOI).
     for (const char * f : {"image_jpeg_dht_overflow.bin", "image_jpeg_dht_overflow2.bin", "image_jpeg_dht_overflow3.bin"}) {
-        const std::string bytes = read_bytes(idamoe::test::fixture_path(std::string("fuzz_regressions/") + f));
+        const std::string bytes = read_file(idamoe::test::fixture_path(std::string("fuzz_regressions/") + f));
         REQUIRE(bytes.size() > 2);
         CHECK_THROWS_WITH(idamoe::data::decode_image_memory(reinterpret_cast<const uint8_t *>(bytes.data()),
                                                             bytes.size(), "crash.jpg"),
@@ -34,7 +25,7 @@ TEST_CASE("fuzz regression: JPEG whose Huffman table declares more than 256 code
 
 TEST_CASE("fuzz regression: config.json integer field holding a huge float", "[fuzz][model]") {
     // nlohmann's float -> int64 conversion of 5.7e128 was undefined behaviour (fuzz_model_config).
-    const std::string text = read_bytes(idamoe::test::fixture_path("fuzz_regressions/model_config_huge_float.json"));
+    const std::string text = read_file(idamoe::test::fixture_path("fuzz_regressions/model_config_huge_float.json"));
     CHECK_THROWS_WITH(idamoe::model::vision_config_from_json_text(text, "fuzz/config.json"),
                       Catch::Contains("fuzz/config.json"));
     CHECK_THROWS_WITH(idamoe::model::vision_config_from_json_text(
