@@ -68,6 +68,8 @@ struct Args {
     int image_size = 56;
     size_t n_caption = 2000, n_instruct = 3000, n_text = 300, n_eval = 300;
     int max_turns = 3;
+    int grid = 0;
+    double one_shape = -1.0;
 };
 
 // The same conversation as the moe_llava template renders it (what the tokenizer must cover).
@@ -95,7 +97,13 @@ int main(int argc, char ** argv) {
     app.add_option("--n-text", a.n_text, "Stage-2/3 text-only instruction records");
     app.add_option("--n-eval", a.n_eval, "Held-out evaluation questions (one image each)");
     app.add_option("--max-turns", a.max_turns, "Most QA turns per instruction record")->check(CLI::Range(1, 6));
+    app.add_option("--grid", a.grid, "0: shapes anywhere; G > 0: one shape per cell of a G x G grid (the demo: image side / patch)")->check(CLI::Range(0, 64));
+    app.add_option("--one-shape", a.one_shape, "Fraction of scenes with a single shape (two and three share the rest); default: 1-3 uniformly")->check(CLI::Range(0.0, 1.0));
     CLI11_PARSE(app, argc, argv);
+    if (a.grid > 0 && a.image_size % a.grid != 0) {
+        std::fprintf(stderr, "gen-shapes-dataset: --image-size %d is not a multiple of --grid %d\n", a.image_size, a.grid);
+        return 2;
+    }
 
     const auto t0 = std::chrono::steady_clock::now();
     const fs::path out = a.out;
@@ -108,7 +116,7 @@ int main(int argc, char ** argv) {
         json captions = json::array();
         for (size_t i = 0; i < a.n_caption; ++i) {
             Rng rng(idamoe::demo::stream_seed(a.seed, kCaption, i));
-            auto scene = idamoe::demo::sample_scene(rng, a.image_size);
+            auto scene = idamoe::demo::sample_scene(rng, a.image_size, 1, a.grid, a.one_shape);
             write_png(out / "images/caption" / image_name(i), idamoe::demo::render_scene(scene, rng), a.image_size);
             std::string cap = idamoe::demo::caption_of(scene, rng);
             captions.push_back({{"id", "caption_" + std::to_string(i)},
@@ -123,7 +131,7 @@ int main(int argc, char ** argv) {
         json instruct = json::array();
         for (size_t i = 0; i < a.n_instruct; ++i) {
             Rng rng(idamoe::demo::stream_seed(a.seed, kInstruct, i));
-            auto scene = idamoe::demo::sample_scene(rng, a.image_size);
+            auto scene = idamoe::demo::sample_scene(rng, a.image_size, 1, a.grid, a.one_shape);
             write_png(out / "images/instruct" / image_name(i), idamoe::demo::render_scene(scene, rng), a.image_size);
             std::vector<std::string> cats = idamoe::demo::kCategories;
             for (size_t k = cats.size(); k > 1; --k) std::swap(cats[k - 1], cats[static_cast<size_t>(rng.below(static_cast<int64_t>(k)))]);
@@ -163,7 +171,7 @@ int main(int argc, char ** argv) {
             Rng rng(idamoe::demo::stream_seed(a.seed, kEval, i));
             for (int attempt = 0;; ++attempt) {
                 if (attempt == 1000) throw std::runtime_error("eval item " + std::to_string(i) + ": no scene supports category " + cat);
-                auto scene = idamoe::demo::sample_scene(rng, a.image_size, cat == "largest" ? 2 : 1);
+                auto scene = idamoe::demo::sample_scene(rng, a.image_size, cat == "largest" ? 2 : 1, a.grid, a.one_shape);
                 auto qa = idamoe::demo::ask(scene, cat, rng);
                 if (!qa) continue;
                 write_png(out / "images/eval" / image_name(i), idamoe::demo::render_scene(scene, rng), a.image_size);
@@ -183,6 +191,8 @@ int main(int argc, char ** argv) {
         json info = {{"generator", "gen-shapes-dataset"},
                      {"seed", a.seed},
                      {"image_size", a.image_size},
+                     {"grid", a.grid},
+                     {"one_shape", a.one_shape},
                      {"n_caption", a.n_caption},
                      {"n_instruct", a.n_instruct},
                      {"n_text", a.n_text},

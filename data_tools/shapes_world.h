@@ -74,6 +74,7 @@ struct Shape {
 
 struct Scene {
     int size = 56;
+    int grid = 0;                // > 0: shapes sit one per cell of a grid x grid layout (see sample_scene)
     std::vector<Shape> shapes;
     std::array<int, 3> bg{};     // base colour
     std::array<double, 2> grad{};// per-pixel brightness slope (x, y)
@@ -81,16 +82,36 @@ struct Scene {
     double noise = 6.0;
 };
 
+inline bool same_cell(const Scene & s, const Shape & a, const Shape & b) {
+    const double cell = static_cast<double>(s.size) / s.grid;
+    return static_cast<int>(a.cx / cell) == static_cast<int>(b.cx / cell) && static_cast<int>(a.cy / cell) == static_cast<int>(b.cy / cell);
+}
+
+// Radius ranges per size class in grid layouts, as fractions of the cell side: the largest still fits
+// its cell with a pixel to spare, and small vs large differ by > 2x in area ("which is largest").
+inline const std::array<std::array<double, 2>, 3> kGridRadius = {{{0.29, 0.32}, {0.36, 0.39}, {0.43, 0.46}}};
+
 // 1-3 non-overlapping shapes with distinct (kind, colour) pairs, so "the red circle" is unambiguous.
-inline Scene sample_scene(Rng & rng, int image_size, int min_shapes = 1) {
+// grid == 0: anywhere in the image. grid = G > 0: each shape in its own cell of a G x G grid, centred
+// up to a pixel or two off the cell centre. With G = image side / patch side (the demo: 56 / 14) every
+// shape lies inside one vision patch, so one image token carries one object; a random, frozen tower
+// then keeps each object's colour and outline in one token instead of smearing it over four.
+// one_shape_p >= 0 (with min_shapes 1): P(one shape) = one_shape_p, two and three shapes share the rest
+// equally; < 0: 1-3 shapes uniformly.
+inline Scene sample_scene(Rng & rng, int image_size, int min_shapes = 1, int grid = 0, double one_shape_p = -1.0) {
     Scene s;
     s.size = image_size;
+    s.grid = grid;
     int grey = static_cast<int>(rng.uniform(70, 205));
     for (int c = 0; c < 3; ++c) s.bg[c] = std::clamp(grey + static_cast<int>(rng.uniform(-14, 14)), 0, 255);
     s.grad = {rng.uniform(-0.5, 0.5) * 56.0 / image_size, rng.uniform(-0.5, 0.5) * 56.0 / image_size};
     s.stripes = rng.coin(0.25);
     s.noise = rng.uniform(2.0, 8.0);
     int n = static_cast<int>(min_shapes + rng.below(3 - min_shapes + 1));
+    if (one_shape_p >= 0 && min_shapes == 1) {
+        const double u = rng.uniform();
+        n = u < one_shape_p ? 1 : u < one_shape_p + (1 - one_shape_p) / 2 ? 2 : 3;
+    }
     const double side = image_size;
     for (int i = 0; i < n; ++i) {
         for (int attempt = 0; attempt < 200; ++attempt) {
@@ -98,14 +119,23 @@ inline Scene sample_scene(Rng & rng, int image_size, int min_shapes = 1) {
             sh.kind = static_cast<int>(rng.below(4));
             sh.colour = static_cast<int>(rng.below(static_cast<int64_t>(kColours.size())));
             // Later attempts prefer smaller shapes so that three shapes always fit.
-            sh.size = static_cast<int>(rng.below(attempt < 100 ? 3 : 1));
-            sh.r = side * rng.uniform(kRadius[sh.size][0], kRadius[sh.size][1]);
-            sh.cx = rng.uniform(sh.r + 1, side - sh.r - 1);
-            sh.cy = rng.uniform(sh.r + 1, side - sh.r - 1);
+            sh.size = static_cast<int>(rng.below(attempt < 100 || grid > 0 ? 3 : 1));
+            if (grid > 0) {
+                const double cell = side / grid;
+                const int gx = static_cast<int>(rng.below(grid)), gy = static_cast<int>(rng.below(grid));
+                sh.r = cell * rng.uniform(kGridRadius[sh.size][0], kGridRadius[sh.size][1]);
+                const double slack = std::max(0.0, cell / 2 - sh.r - 0.5);
+                sh.cx = (gx + 0.5) * cell + rng.uniform(-slack, slack);
+                sh.cy = (gy + 0.5) * cell + rng.uniform(-slack, slack);
+            } else {
+                sh.r = side * rng.uniform(kRadius[sh.size][0], kRadius[sh.size][1]);
+                sh.cx = rng.uniform(sh.r + 1, side - sh.r - 1);
+                sh.cy = rng.uniform(sh.r + 1, side - sh.r - 1);
+            }
             bool ok = true;
             for (const auto & o : s.shapes) {
                 if (o.kind == sh.kind && o.colour == sh.colour) ok = false;
-                if (std::hypot(o.cx - sh.cx, o.cy - sh.cy) < o.r + sh.r + 2.0) ok = false;
+                if (grid > 0 ? same_cell(s, o, sh) : std::hypot(o.cx - sh.cx, o.cy - sh.cy) < o.r + sh.r + 2.0) ok = false;
             }
             if (ok) {
                 s.shapes.push_back(sh);
@@ -177,8 +207,12 @@ inline std::vector<uint8_t> render_scene(const Scene & s, Rng & rng) {
 inline std::string name_of(const Shape & sh) { return std::string(kColours[sh.colour].name) + " " + kShapeNames[sh.kind]; }
 inline std::string a_or_an(const std::string & w) { return (w[0] == 'o' || w[0] == 'a' ? "an " : "a ") + w; }
 
-// Horizontal position word; "middle" within 12% of the centre line.
+// Horizontal position word; "middle" within 12% of the centre line, or in the middle column of an odd grid.
 inline std::string horizontal(const Scene & s, const Shape & sh) {
+    if (s.grid > 0) {
+        const int col = static_cast<int>(sh.cx * s.grid / s.size);
+        return 2 * col + 1 == s.grid ? "middle" : 2 * col < s.grid ? "left" : "right";
+    }
     const double off = (sh.cx - s.size / 2.0) / s.size;
     return off < -0.12 ? "left" : off > 0.12 ? "right" : "middle";
 }

@@ -24,8 +24,8 @@ T0=$(stamp)
 
 echo "== data: gen-shapes-dataset (seed $SEED) -> $OUT_DIR/data"
 if [ ! -f "$OUT_DIR/data/dataset_info.json" ]; then
-  "$BUILD/gen-shapes-dataset" --out "$OUT_DIR/data" --seed "$SEED" --image-size 56 \
-    --n-caption 2000 --n-instruct 3000 --n-text 300 --n-eval 300
+  "$BUILD/gen-shapes-dataset" --out "$OUT_DIR/data" --seed "$SEED" --image-size 56 --grid 4 \
+    --n-caption 4000 --n-instruct 10000 --n-text 600 --n-eval 1200
 else
   echo "   (exists; delete $OUT_DIR/data to regenerate)"
 fi

@@ -48,7 +48,7 @@ TEST_CASE("demo: shortened end to end, stage 1 -> 2 -> 3 (ida and linear_aux) ->
     const std::string log = t.str("log.txt");
 
     REQUIRE(sh(binary_path("gen-shapes-dataset") + " --out " + t.str("data") +
-                   " --seed 3 --n-caption 16 --n-instruct 24 --n-text 8 --n-eval 12 --image-size 56", log) == 0);
+                   " --seed 3 --n-caption 16 --n-instruct 24 --n-text 8 --n-eval 12 --image-size 56 --grid 4", log) == 0);
     REQUIRE(sh(binary_path("train-bpe-tokenizer") + " --corpus " + t.str("data/corpus.txt") +
                    " --vocab-size 512 --out " + t.str("tokenizer.json"), log) == 0);
     REQUIRE(sh(binary_path("make-tiny-models") + " --tokenizer " + t.str("tokenizer.json") + " --out " +

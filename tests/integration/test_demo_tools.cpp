@@ -10,6 +10,7 @@
 #include "train/eval.h"
 
 #include "../../data_tools/bpe_tokenizer.h"
+#include "../../data_tools/shapes_world.h"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -80,6 +81,50 @@ TEST_CASE("gen-shapes-dataset is deterministic by seed", "[demo]") {
     // Another seed changes the images and the text.
     CHECK(tc.at("images/eval/000000.png") != ta.at("images/eval/000000.png"));
     CHECK(tc.at("instruct_image.json") != ta.at("instruct_image.json"));
+}
+
+TEST_CASE("shapes world: the grid layout puts each shape inside its own patch cell", "[demo]") {
+    // The demo's layout (--grid 4 at 56 px, CLIP patch 14): a shape's bounding circle must lie inside one
+    // 14 px cell, so that exactly one image token sees it; cells are never shared; left/right is the column.
+    const int size = 56, grid = 4;
+    const double cell = 14.0;
+    int shapes = 0, sizes_seen[3] = {0, 0, 0};
+    for (uint64_t i = 0; i < 2000; ++i) {
+        idamoe::demo::Rng rng(idamoe::demo::stream_seed(11, 2, i));
+        const auto s = idamoe::demo::sample_scene(rng, size, 1, grid);
+        REQUIRE(s.shapes.size() >= 1);
+        REQUIRE(s.shapes.size() <= 3);
+        std::set<int> cells;
+        for (const auto & sh : s.shapes) {
+            const int gx = static_cast<int>(sh.cx / cell), gy = static_cast<int>(sh.cy / cell);
+            INFO("scene " << i << " shape at (" << sh.cx << ", " << sh.cy << ") r " << sh.r);
+            CHECK(sh.cx - sh.r >= gx * cell);
+            CHECK(sh.cx + sh.r <= (gx + 1) * cell);
+            CHECK(sh.cy - sh.r >= gy * cell);
+            CHECK(sh.cy + sh.r <= (gy + 1) * cell);
+            CHECK(cells.insert(gy * grid + gx).second);
+            CHECK(idamoe::demo::horizontal(s, sh) == (gx < 2 ? "left" : "right"));
+            ++sizes_seen[sh.size];
+            ++shapes;
+        }
+    }
+    CHECK(shapes > 3000);
+    for (int k = 0; k < 3; ++k) CHECK(sizes_seen[k] > shapes / 5);
+    // --one-shape P: P of the scenes hold one shape, the rest two or three.
+    int counts[4] = {0, 0, 0, 0};
+    for (uint64_t i = 0; i < 2000; ++i) {
+        idamoe::demo::Rng rng(idamoe::demo::stream_seed(12, 2, i));
+        ++counts[idamoe::demo::sample_scene(rng, size, 1, grid, 0.5).shapes.size()];
+    }
+    CHECK(counts[0] == 0);
+    CHECK(std::abs(counts[1] - 1000) < 100);
+    CHECK(std::abs(counts[2] - 500) < 80);
+    CHECK(std::abs(counts[3] - 500) < 80);
+    // An image side the grid does not divide is refused, naming both values.
+    TempDir t;
+    const std::string cmd = binary_path("gen-shapes-dataset") + " --out " + t.str("d") + " --image-size 50 --grid 4";
+    CHECK(std::system((cmd + " 2> " + t.str("err")).c_str()) != 0);
+    CHECK(read_file(t.str("err")).find("--image-size 50 is not a multiple of --grid 4") != std::string::npos);
 }
 
 TEST_CASE("gen-shapes-dataset writes valid LLaVA data with every promised question type", "[demo]") {
@@ -299,10 +344,15 @@ TEST_CASE("make-tiny-models: HF directories that load back, seeded", "[demo]") {
         CHECK(out.logits_BTV.size(1) == static_cast<int64_t>(ids.size()));
         CHECK(out.logits_BTV.size(2) == tok.size());
         CHECK(torch::isfinite(out.logits_BTV).all().item<bool>());
-        // Random init at std 0.02: the first loss is near ln(V), i.e. an untrained model.
+        // Random init at std 1/sqrt(128) (tied embeddings: logits of std ~1, which add ~0.5 to ln V in
+        // expectation): the first loss is that of an untrained model.
+        const json qcfg = json::parse(read_file(m / "tiny-qwen2/config.json"));
+        CHECK(qcfg.at("initializer_range").get<double>() == Approx(1.0 / std::sqrt(128.0)));
         const double loss = idamoe::model::causal_lm_loss(out.logits_BTV, ids_BT).item<double>();
-        INFO("initial loss " << loss << " vs ln(V) " << std::log(static_cast<double>(tok.size())));
-        CHECK(std::abs(loss - std::log(static_cast<double>(tok.size()))) < 0.5);
+        const double ln_v = std::log(static_cast<double>(tok.size()));
+        INFO("initial loss " << loss << " vs ln(V) " << ln_v);
+        CHECK(loss > ln_v - 0.5);
+        CHECK(loss < ln_v + 1.2);
     }
 
     SECTION("tiny-clip: HF CLIPVisionModel names (as the fixture's) and shapes from its config") {
