@@ -54,6 +54,9 @@ public:
     const std::vector<ParamGroup> & groups() const { return groups_; }
     const AdamWOptions & options() const { return opts_; }
     int64_t num_params() const;  // element count of all managed parameters
+    // true (default): contiguous fp32 CPU tensors take one fused pass per parameter; false: the ATen op
+    // sequence of torch's single-tensor AdamW everywhere (bit-identical to torch::optim::AdamW).
+    void set_fused(bool on) { fused_ = on; }
 
     // "exp_avg/<name>", "exp_avg_sq/<name>", "step/<name>" (int64 scalar) for every parameter that has state.
     std::map<std::string, torch::Tensor> state_dict() const;
@@ -66,7 +69,10 @@ private:
         torch::Tensor exp_avg, exp_avg_sq;
         int64_t step = 0;
     };
+    bool fused_cpu_step(torch::Tensor & p, const torch::Tensor & grad, State & s, double lr, double wd,
+                        double step_size, double bias_correction2_sqrt) const;
     AdamWOptions opts_;
+    bool fused_ = true;
     std::vector<ParamGroup> groups_;
     std::map<std::string, State> state_;
     std::map<std::string, torch::Tensor> by_name_;

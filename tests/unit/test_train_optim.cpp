@@ -7,6 +7,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <limits>
+
 #include <csignal>
 #include <cmath>
 
@@ -65,11 +67,13 @@ TEST_CASE("train: a per-parameter lr scale groups and steps those parameters wit
                       Catch::Contains("lr scale") && Catch::Contains("must be > 0"));
 }
 
-TEST_CASE("train: AdamW matches torch::optim::AdamW bit for bit", "[train]") {
+TEST_CASE("train: AdamW matches torch::optim::AdamW bit for bit (op sequence) and within 2 ulp (fused)", "[train]") {
+  for (const bool fused : {false, true}) {
     auto ours = make_params(1);
     auto ref = make_params(1);
     const double lr = 3e-3, wd = 0.05;
     AdamW opt(ours, AdamWOptions{lr, 0.9, 0.95, 1e-8, wd});
+    opt.set_fused(fused);
     std::vector<torch::optim::OptimizerParamGroup> groups;
     std::vector<torch::Tensor> decay, no_decay;
     for (auto & [n, p] : ref) (is_no_decay(n, p) ? no_decay : decay).push_back(p);
@@ -85,10 +89,16 @@ TEST_CASE("train: AdamW matches torch::optim::AdamW bit for bit", "[train]") {
         torch_opt.step();
     }
     for (size_t i = 0; i < ours.size(); ++i) {
-        const double err = (ours[i].second - ref[i].second).abs().max().item<double>();
-        INFO(ours[i].first << " max abs err " << err);
-        CHECK(torch::equal(ours[i].second, ref[i].second));
+        const torch::Tensor a = ours[i].second.detach(), b = ref[i].second.detach();
+        const double err = (a - b).abs().max().item<double>();
+        // 2 ulp of each element after 6 steps: the fused pass does the same float operations, but the
+        // build may vectorise/contract them differently from ATen's kernels.
+        const double ulp_bound = (b.abs() * (2.0 * std::numeric_limits<float>::epsilon())).max().item<double>();
+        INFO((fused ? "fused " : "op sequence ") << ours[i].first << " max abs err " << err);
+        if (fused) CHECK(err <= ulp_bound);
+        else CHECK(torch::equal(a, b));
     }
+  }
 }
 
 TEST_CASE("train: AdamW state save/load resumes bit-exactly and rejects mismatches", "[train]") {
