@@ -88,7 +88,8 @@ inline bool same_cell(const Scene & s, const Shape & a, const Shape & b) {
 }
 
 // Radius ranges per size class in grid layouts, as fractions of the cell side: the largest still fits
-// its cell with a pixel to spare, and small vs large differ by > 2x in area ("which is largest").
+// its cell with half a pixel to spare; small vs large differ by 1.8-2.5x in radius squared. Narrower than
+// the free layout's classes, so "which is largest" leans on the kind (a circle paints the most area).
 inline const std::array<std::array<double, 2>, 3> kGridRadius = {{{0.29, 0.32}, {0.36, 0.39}, {0.43, 0.46}}};
 
 // 1-3 non-overlapping shapes with distinct (kind, colour) pairs, so "the red circle" is unambiguous.
