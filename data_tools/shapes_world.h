@@ -89,7 +89,8 @@ inline bool same_cell(const Scene & s, const Shape & a, const Shape & b) {
 
 // Radius ranges per size class in grid layouts, as fractions of the cell side: the largest still fits
 // its cell with half a pixel to spare; small vs large differ by 1.8-2.5x in radius squared. Narrower than
-// the free layout's classes, so "which is largest" leans on the kind (a circle paints the most area).
+// the free layout's classes, so by painted area "which is largest" would lean on the kind (a circle
+// paints the most area for its radius); in grid layouts ask() compares size classes instead.
 inline const std::array<std::array<double, 2>, 3> kGridRadius = {{{0.29, 0.32}, {0.36, 0.39}, {0.43, 0.46}}};
 
 // 1-3 non-overlapping shapes with distinct (kind, colour) pairs, so "the red circle" is unambiguous.
@@ -289,6 +290,14 @@ inline std::optional<QA> ask(const Scene & s, const std::string & category, Rng 
     }
     if (category == "largest") {
         if (sh.size() < 2) return std::nullopt;
+        if (s.grid > 0) {
+            // Grid layouts: by size class (the captions' small/medium/large), one shape strictly above the
+            // rest. By painted area a circle would win most questions here (see kGridRadius).
+            std::vector<Shape> by = sh;
+            std::sort(by.begin(), by.end(), [](const Shape & a, const Shape & b) { return a.size > b.size; });
+            if (by[0].size == by[1].size) return std::nullopt;
+            return QA{category, "Which shape is the largest?", kShapeNames[by[0].kind]};
+        }
         std::vector<Shape> by = sh;
         std::sort(by.begin(), by.end(), [](const Shape & a, const Shape & b) { return area(a) > area(b); });
         if (area(by[0]) < 1.6 * area(by[1])) return std::nullopt;  // no visually clear winner
