@@ -82,9 +82,10 @@ struct Scene {
     double noise = 6.0;
 };
 
-inline bool same_cell(const Scene & s, const Shape & a, const Shape & b) {
+// Grid layouts: the (column, row) of the cell a shape's centre lies in.
+inline std::array<int, 2> grid_cell(const Scene & s, const Shape & sh) {
     const double cell = static_cast<double>(s.size) / s.grid;
-    return static_cast<int>(a.cx / cell) == static_cast<int>(b.cx / cell) && static_cast<int>(a.cy / cell) == static_cast<int>(b.cy / cell);
+    return {static_cast<int>(sh.cx / cell), static_cast<int>(sh.cy / cell)};
 }
 
 // Radius ranges per size class in grid layouts, as fractions of the cell side: the largest still fits
@@ -109,10 +110,12 @@ inline Scene sample_scene(Rng & rng, int image_size, int min_shapes = 1, int gri
     s.grad = {rng.uniform(-0.5, 0.5) * 56.0 / image_size, rng.uniform(-0.5, 0.5) * 56.0 / image_size};
     s.stripes = rng.coin(0.25);
     s.noise = rng.uniform(2.0, 8.0);
-    int n = static_cast<int>(min_shapes + rng.below(3 - min_shapes + 1));
+    int n;
     if (one_shape_p >= 0 && min_shapes == 1) {
         const double u = rng.uniform();
         n = u < one_shape_p ? 1 : u < one_shape_p + (1 - one_shape_p) / 2 ? 2 : 3;
+    } else {
+        n = static_cast<int>(min_shapes + rng.below(3 - min_shapes + 1));
     }
     const double side = image_size;
     for (int i = 0; i < n; ++i) {
@@ -137,7 +140,7 @@ inline Scene sample_scene(Rng & rng, int image_size, int min_shapes = 1, int gri
             bool ok = true;
             for (const auto & o : s.shapes) {
                 if (o.kind == sh.kind && o.colour == sh.colour) ok = false;
-                if (grid > 0 ? same_cell(s, o, sh) : std::hypot(o.cx - sh.cx, o.cy - sh.cy) < o.r + sh.r + 2.0) ok = false;
+                if (grid > 0 ? grid_cell(s, o) == grid_cell(s, sh) : std::hypot(o.cx - sh.cx, o.cy - sh.cy) < o.r + sh.r + 2.0) ok = false;
             }
             if (ok) {
                 s.shapes.push_back(sh);
@@ -212,7 +215,7 @@ inline std::string a_or_an(const std::string & w) { return (w[0] == 'o' || w[0] 
 // Horizontal position word; "middle" within 12% of the centre line, or in the middle column of an odd grid.
 inline std::string horizontal(const Scene & s, const Shape & sh) {
     if (s.grid > 0) {
-        const int col = static_cast<int>(sh.cx * s.grid / s.size);
+        const int col = grid_cell(s, sh)[0];
         return 2 * col + 1 == s.grid ? "middle" : 2 * col < s.grid ? "left" : "right";
     }
     const double off = (sh.cx - s.size / 2.0) / s.size;

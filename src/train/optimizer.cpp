@@ -88,9 +88,10 @@ void AdamW::step(double base_lr) {
 // vectorisation choices of the build; the test bounds the difference.
 bool AdamW::fused_cpu_step(torch::Tensor & p, const torch::Tensor & grad, State & s, double lr, double wd,
                            double step_size, double bias_correction2_sqrt) const {
-    if (!p.device().is_cpu() || p.scalar_type() != torch::kFloat || grad.scalar_type() != torch::kFloat ||
-        !p.is_contiguous() || !grad.is_contiguous() || !s.exp_avg.is_contiguous() || !s.exp_avg_sq.is_contiguous() ||
-        grad.is_sparse())
+    // sparse first: is_contiguous() throws on a sparse tensor
+    if (grad.is_sparse() || !p.device().is_cpu() || p.scalar_type() != torch::kFloat ||
+        grad.scalar_type() != torch::kFloat || !p.is_contiguous() || !grad.is_contiguous() ||
+        !s.exp_avg.is_contiguous() || !s.exp_avg_sq.is_contiguous())
         return false;
     float * P = p.data_ptr<float>();
     const float * G = grad.data_ptr<float>();

@@ -104,12 +104,15 @@ core::Config toy_config(const std::string & out, int64_t steps) {
     return c;
 }
 
-std::string file_bytes(const std::string & p) {
-    std::ifstream in(p, std::ios::binary);
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
+// One micro-batch per step, stop after one non-finite step in a row, a checkpoint every save_every steps.
+core::Config nonfinite_config(const std::string & out, int64_t steps, int64_t save_every) {
+    core::Config c = toy_config(out, steps);
+    c.data.grad_accum = 1;
+    c.train.max_nonfinite_in_row = 1;
+    c.train.save_every = save_every;
+    return c;
 }
+
 std::string ckpt(const std::string & out, int64_t step) {
     char buf[32];
     std::snprintf(buf, sizeof buf, "checkpoint-%08lld", static_cast<long long>(step));
@@ -175,8 +178,8 @@ TEST_CASE("loop: stop_after N/2 + resume auto replays a straight run bit for bit
         INFO("step " << i);
         CHECK(joined[i] == ra.losses[i]);  // exact
     }
-    CHECK(file_bytes(ckpt(a.str(), N) + "/model.safetensors") == file_bytes(ckpt(b.str(), N) + "/model.safetensors"));
-    CHECK(file_bytes(ckpt(a.str(), N) + "/optimizer.safetensors") == file_bytes(ckpt(b.str(), N) + "/optimizer.safetensors"));
+    CHECK(test::read_file(ckpt(a.str(), N) + "/model.safetensors") == test::read_file(ckpt(b.str(), N) + "/model.safetensors"));
+    CHECK(test::read_file(ckpt(a.str(), N) + "/optimizer.safetensors") == test::read_file(ckpt(b.str(), N) + "/optimizer.safetensors"));
 }
 
 TEST_CASE("loop: resuming with an incompatible config names the differing keys", "[train]") {
@@ -284,10 +287,7 @@ TEST_CASE("loop: grad accumulation equals one big batch (token-mean loss)", "[tr
 
 TEST_CASE("loop: a non-finite step is skipped, too many in a row stop with the checkpoint intact", "[train]") {
     test::TempDir dir;
-    auto cfg = toy_config(dir.str(), 6);
-    cfg.data.grad_accum = 1;
-    cfg.train.max_nonfinite_in_row = 1;
-    cfg.train.save_every = 2;
+    auto cfg = nonfinite_config(dir.str(), 6, 2);
     ToyTask task(4, 64, 0.0);
     task.nan_at_forward = {2};
     LoopOptions opt;
@@ -298,10 +298,7 @@ TEST_CASE("loop: a non-finite step is skipped, too many in a row stop with the c
     CHECK(std::isfinite(res.losses[5]));
 
     test::TempDir dir2;
-    auto cfg2 = toy_config(dir2.str(), 6);
-    cfg2.data.grad_accum = 1;
-    cfg2.train.max_nonfinite_in_row = 1;
-    cfg2.train.save_every = 2;
+    auto cfg2 = nonfinite_config(dir2.str(), 6, 2);
     ToyTask bad(4, 64, 0.0);
     bad.nan_at_forward = {3, 4};
     CHECK_THROWS_WITH(run_training(bad, cfg2, opt), Catch::Contains("2 optimizer steps in a row") &&
@@ -331,10 +328,7 @@ TEST_CASE("loop: a stop signal ends the run at the step boundary with a checkpoi
 // skipped step leaves behind on disk and in the metrics JSONL.
 TEST_CASE("loop: a skipped non-finite step changes no weight or optimizer state and is counted in the JSONL", "[train]") {
     test::TempDir dir;
-    auto cfg = toy_config(dir.str(), 5);
-    cfg.data.grad_accum = 1;
-    cfg.train.max_nonfinite_in_row = 1;
-    cfg.train.save_every = 1;
+    auto cfg = nonfinite_config(dir.str(), 5, 1);
     cfg.checkpoint.keep_last = 10;
     cfg.logging.jsonl = "metrics.jsonl";
     ToyTask task(4, 64, 0.0);
@@ -345,7 +339,7 @@ TEST_CASE("loop: a skipped non-finite step changes no weight or optimizer state 
     REQUIRE(res.losses.size() == 5);
     // Checkpoints after steps 2 and 3 hold the same weights and AdamW state (moments and step counts).
     auto same = [&](int64_t s1, int64_t s2, const char * file) {
-        const std::string a = file_bytes(ckpt(dir.str(), s1) + file), b = file_bytes(ckpt(dir.str(), s2) + file);
+        const std::string a = test::read_file(ckpt(dir.str(), s1) + file), b = test::read_file(ckpt(dir.str(), s2) + file);
         INFO(file << " of steps " << s1 << " and " << s2 << ": " << a.size() << " and " << b.size() << " bytes");
         REQUIRE(!a.empty());
         return a == b;
