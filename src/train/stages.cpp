@@ -87,8 +87,10 @@ TrainableSummary apply_stage_rules(torch::nn::Module & model, int64_t stage, con
             train = stage_trains(stage, name);
         } else {
             train = false;
-            for (size_t i = 0; i < override_patterns.size(); ++i)
-                if (name.find(override_patterns[i]) != std::string::npos) { train = true; ++pattern_hits[i]; }
+            // the tower stays frozen whatever the patterns say (stage_trains says why)
+            if (classify_param(name) != ParamKind::vision)
+                for (size_t i = 0; i < override_patterns.size(); ++i)
+                    if (name.find(override_patterns[i]) != std::string::npos) { train = true; ++pattern_hits[i]; }
         }
         p.set_requires_grad(train);
         auto & c = sum.by_kind[param_kind_name(classify_param(name))];
@@ -97,8 +99,13 @@ TrainableSummary apply_stage_rules(torch::nn::Module & model, int64_t stage, con
         if (train) ++sum.trainable_tensors;
     }
     for (size_t i = 0; i < override_patterns.size(); ++i)
-        if (pattern_hits[i] == 0)
-            throw std::invalid_argument("train.trainable pattern '" + override_patterns[i] + "' matches no parameter name");
+        if (pattern_hits[i] == 0) {
+            // A pattern aimed at the tower can never match; say why rather than leave users hunting for a typo.
+            const bool tower = override_patterns[i].find("vision") != std::string::npos;
+            throw std::invalid_argument("train.trainable pattern '" + override_patterns[i] + "' matches no parameter name" +
+                                        (tower ? " (the vision tower is frozen in every stage, as in MoE-LLaVA, and "
+                                                 "idamoe does not train it)" : ""));
+        }
     if (sum.trainable == 0)
         throw std::invalid_argument("stage " + std::to_string(stage) + ": no parameter is trainable (model has " +
                                     std::to_string(sum.frozen) + " frozen elements); check the model and train.trainable");

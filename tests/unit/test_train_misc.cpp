@@ -103,6 +103,11 @@ TEST_CASE("train: train.trainable overrides the stage and rejects patterns that 
     apply_stage_rules(*m, 3, {"router.means"});
     CHECK(trainable(*m) == std::set<std::string>{"model.layers.0.mlp.router.means"});
     CHECK_THROWS_WITH(apply_stage_rules(*m, 3, {"means", "mix_logitz"}), Catch::Contains("mix_logitz"));
+    // the tower is never a trainable parameter, even when a pattern names it; the error says so
+    apply_stage_rules(*m, 2, {"model."});
+    for (auto & p : m->named_parameters())
+        CHECK(p.value().requires_grad() == (p.key().rfind("model.", 0) == 0 && p.key().find("vision_tower") == std::string::npos));
+    CHECK_THROWS_WITH(apply_stage_rules(*m, 2, {"layers.", "vision_tower"}), Catch::Contains("vision tower is frozen"));
     CHECK_THROWS_WITH(apply_stage_rules(*m, 4), Catch::Contains("1, 2 or 3"));
 }
 
