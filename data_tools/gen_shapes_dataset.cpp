@@ -2,6 +2,7 @@
 //
 //   gen-shapes-dataset --out runs/demo/data [--seed 1] [--image-size 56]
 //                      [--n-caption 2000] [--n-instruct 3000] [--n-text 300] [--n-eval 300]
+//                      [--grid G --n-tower N]
 //
 // Output (image paths in the JSON files are relative to OUT/images):
 //   images/{caption,instruct,eval}/NNNNNN.png
@@ -11,6 +12,9 @@
 //   eval_questions.jsonl LLaVA question JSONL: {question_id, image, text, category, answer}
 //   corpus.txt           every training text, one record a line, for training the tokenizer
 //   dataset_info.json    arguments, counts per category
+//   images/tower/NNNNNN.png, tower_labels.jsonl (only with --n-tower N > 0, grid layouts): one line per
+//                        image, {image, grid, objects: [{shape, colour, size, cell: [column, row]}]}, the
+//                        labelled images make-tiny-models --pretrain-tower trains the demo's tower on
 #include "shapes_world.h"
 
 #include <CLI/CLI.hpp>
@@ -34,7 +38,7 @@ using json = nlohmann::ordered_json;
 namespace {
 
 // Split ids for stream_seed: every split draws from its own streams.
-enum Split : uint64_t { kCaption = 1, kInstruct = 2, kText = 3, kEval = 4 };
+enum Split : uint64_t { kCaption = 1, kInstruct = 2, kText = 3, kEval = 4, kTower = 5 };
 
 // LLaVA-1.5's short-answer instruction (haotian-liu/LLaVA docs/Evaluation.md; also in the 665k mix).
 const char * kShortAnswer = "Answer the question using a single word or phrase.";
@@ -66,7 +70,7 @@ struct Args {
     std::string out;
     uint64_t seed = 1;
     int image_size = 56;
-    size_t n_caption = 2000, n_instruct = 3000, n_text = 300, n_eval = 300;
+    size_t n_caption = 2000, n_instruct = 3000, n_text = 300, n_eval = 300, n_tower = 0;
     int max_turns = 3;
     int grid = 0;
     double one_shape = -1.0;
@@ -98,10 +102,15 @@ int main(int argc, char ** argv) {
     app.add_option("--n-eval", a.n_eval, "Held-out evaluation questions (one image each)");
     app.add_option("--max-turns", a.max_turns, "Most QA turns per instruction record")->check(CLI::Range(1, 6));
     app.add_option("--grid", a.grid, "0: shapes anywhere; G > 0: one shape per cell of a G x G grid (the demo: image side / patch)")->check(CLI::Range(0, 64));
+    app.add_option("--n-tower", a.n_tower, "Labelled images for pretraining the vision tower (needs --grid; 0: none)");
     app.add_option("--one-shape", a.one_shape, "Fraction of scenes with a single shape (two and three share the rest); default: 1-3 uniformly")->check(CLI::Range(0.0, 1.0));
     CLI11_PARSE(app, argc, argv);
     if (a.grid > 0 && a.image_size % a.grid != 0) {
         std::fprintf(stderr, "gen-shapes-dataset: --image-size %d is not a multiple of --grid %d\n", a.image_size, a.grid);
+        return 2;
+    }
+    if (a.n_tower > 0 && a.grid == 0) {
+        std::fprintf(stderr, "gen-shapes-dataset: --n-tower needs --grid (its labels name each object's grid cell)\n");
         return 2;
     }
 
@@ -186,6 +195,25 @@ int main(int argc, char ** argv) {
             }
         }
         write_text(out / "eval_questions.jsonl", eval);
+
+        // ---- vision-tower pretraining: images and per-object labels, drawn apart from every split above ----
+        if (a.n_tower > 0) {
+            fs::create_directories(out / "images/tower");
+            std::string labels;
+            for (size_t i = 0; i < a.n_tower; ++i) {
+                Rng rng(idamoe::demo::stream_seed(a.seed, kTower, i));
+                auto scene = idamoe::demo::sample_scene(rng, a.image_size, 1, a.grid, a.one_shape);
+                write_png(out / "images/tower" / image_name(i), idamoe::demo::render_scene(scene, rng), a.image_size);
+                json objs = json::array();
+                for (const auto & sh : scene.shapes)
+                    objs.push_back({{"shape", idamoe::demo::kShapeNames[sh.kind]},
+                                    {"colour", idamoe::demo::kColours[sh.colour].name},
+                                    {"size", idamoe::demo::kSizeNames[sh.size]},
+                                    {"cell", idamoe::demo::grid_cell(scene, sh)}});
+                labels += json{{"image", "tower/" + image_name(i)}, {"grid", a.grid}, {"objects", objs}}.dump() + "\n";
+            }
+            write_text(out / "tower_labels.jsonl", labels);
+        }
         write_text(out / "corpus.txt", corpus);
 
         json info = {{"generator", "gen-shapes-dataset"},
@@ -197,6 +225,7 @@ int main(int argc, char ** argv) {
                      {"n_instruct", a.n_instruct},
                      {"n_text", a.n_text},
                      {"n_eval", a.n_eval},
+                     {"n_tower", a.n_tower},
                      {"max_turns", a.max_turns},
                      {"train_questions_per_category", n_train_qa},
                      {"eval_questions_per_category", n_eval_qa},
@@ -207,7 +236,8 @@ int main(int argc, char ** argv) {
         return 1;
     }
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("gen-shapes-dataset: %zu caption, %zu instruct, %zu text-only, %zu eval records (%zu images) in %s in %.1f s\n",
-                a.n_caption, a.n_instruct, a.n_text, a.n_eval, a.n_caption + a.n_instruct + a.n_eval, a.out.c_str(), secs);
+    std::printf("gen-shapes-dataset: %zu caption, %zu instruct, %zu text-only, %zu eval records, %zu tower images "
+                "(%zu images) in %s in %.1f s\n", a.n_caption, a.n_instruct, a.n_text, a.n_eval, a.n_tower,
+                a.n_caption + a.n_instruct + a.n_eval + a.n_tower, a.out.c_str(), secs);
     return 0;
 }

@@ -1,13 +1,17 @@
 // make-tiny-models: random-init, seeded, float32 Hugging Face model directories for the demo.
 //
 //   make-tiny-models --tokenizer runs/demo/tokenizer.json --out runs/demo/models [--seed 0]
+//                    [--pretrain-tower runs/demo/data/tower_labels.jsonl]
 //
 // Writes OUT/tiny-clip  (CLIPVisionModel: config.json, model.safetensors, preprocessor_config.json)
 //    and OUT/tiny-qwen2 (Qwen2ForCausalLM: config.json, model.safetensors, generation_config.json,
 //                        tokenizer.json, tokenizer_config.json), tensor names exactly as HF's.
 // Sizes default to a demo that trains 3 stages on 2 CPU cores in minutes: a 56 px / patch 14 tower
-// (16 patches + CLS) and a 4-layer, 128-wide decoder with GQA and tied embeddings.
+// (16 patches + CLS) and a 4-layer, 128-wide decoder with GQA and tied embeddings. With --pretrain-tower
+// the tower is then trained briefly on labelled shapes images (tower_pretrain.h says why).
 #include "io/safetensors.h"
+#include "shapes_world.h"
+#include "tower_pretrain.h"
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -225,6 +229,13 @@ int main(int argc, char ** argv) {
     app.add_option("--llm-kv-heads", l.kv_heads, "LLM: key/value heads (GQA)");
     app.add_option("--llm-intermediate", l.intermediate, "LLM: MLP width");
     app.add_option("--max-positions", l.max_positions, "LLM: max_position_embeddings");
+    idamoe::demo::TowerPretrainOptions pt;
+    app.add_option("--pretrain-tower", pt.labels, "tower_labels.jsonl (gen-shapes-dataset --n-tower): train the tower on it "
+                   "(tower_pretrain.h); without it the tower stays random")->check(CLI::ExistingFile);
+    app.add_option("--pretrain-image-root", pt.image_root, "Folder the labels' image paths are relative to (default: <labels folder>/images)");
+    app.add_option("--pretrain-steps", pt.steps, "Tower pretraining: optimizer steps")->check(CLI::PositiveNumber);
+    app.add_option("--pretrain-batch", pt.batch, "Tower pretraining: images per step")->check(CLI::PositiveNumber);
+    app.add_option("--pretrain-lr", pt.lr, "Tower pretraining: Adam learning rate")->check(CLI::PositiveNumber);
     app.add_option("--llm-init-std", l.init_std, "LLM: std of the normal init of linear and embedding weights (initializer_range); <= 0: 1/sqrt(width)");
     CLI11_PARSE(app, argc, argv);
 
@@ -238,6 +249,25 @@ int main(int argc, char ** argv) {
         torch::NoGradGuard no_grad;
         const int64_t n_vis = make_clip(fs::path(out) / "tiny-clip", v);
         const int64_t n_llm = make_qwen2(fs::path(out) / "tiny-qwen2", l, tokenizer);
+        if (!pt.labels.empty()) {  // after both inits, so the decoder's weights do not depend on it
+            const fs::path dir = fs::path(out) / "tiny-clip";
+            idamoe::model::VisionTower tower = idamoe::model::build_vision_tower(dir.string());
+            const auto proc = idamoe::data::ImageProcessorConfig::from_dir(dir.string(), /*pad=*/false);
+            std::vector<std::string> colours;
+            for (const auto & c : idamoe::demo::kColours) colours.push_back(c.name);
+            pt.seed = static_cast<uint64_t>(seed);
+            const auto t1 = std::chrono::steady_clock::now();
+            const auto r = idamoe::demo::pretrain_tower(tower, proc, idamoe::demo::kShapeNames, colours,
+                                                        idamoe::demo::kSizeNames, pt);
+            idamoe::io::TensorMap t;
+            for (const auto & p : tower->named_parameters()) t[p.key()] = p.value().detach().contiguous();
+            save(dir, t);
+            std::printf("make-tiny-models: tower pretrained on %lld images, %lld steps x %lld (%.1f s, final loss %.3f); "
+                        "held-out %lld images, object tokens: shape %.1f%%, colour %.1f%%, size %.1f%%\n",
+                        static_cast<long long>(r.train_images), static_cast<long long>(pt.steps), static_cast<long long>(pt.batch),
+                        std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count(), r.final_loss,
+                        static_cast<long long>(r.heldout_images), 100 * r.shape, 100 * r.colour, 100 * r.size);
+        }
         const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         std::printf("make-tiny-models: tiny-clip %lld params (%lld patches + CLS), tiny-qwen2 %lld params, in %s (%.2f s)\n",
                     static_cast<long long>(n_vis), static_cast<long long>((v.image_size / v.patch) * (v.image_size / v.patch)),

@@ -2,6 +2,7 @@
 # The built-in demo. Usage: scripts/demo.sh [OUT_DIR]   (default: runs/demo)
 #   1. set up and build
 #   2. generate the synthetic shapes data, train its tokenizer, make the tiny CLIP + Qwen2 models
+#      (the tower pretrained on labelled shapes images, as CLIP comes pretrained)
 #   3. check every demo config (--print-config, --dry-run)
 #   4. train stage 1, 2, 3 (IDA-MoE) and the stage-3 baseline (linear_aux), evaluate, plot
 set -euo pipefail
@@ -25,7 +26,7 @@ T0=$(stamp)
 echo "== data: gen-shapes-dataset (seed $SEED) -> $OUT_DIR/data"
 if [ ! -f "$OUT_DIR/data/dataset_info.json" ]; then
   "$BUILD/gen-shapes-dataset" --out "$OUT_DIR/data" --seed "$SEED" --image-size 56 --grid 4 \
-    --n-caption 4000 --n-instruct 10000 --n-text 600 --n-eval 1200
+    --n-caption 4000 --n-instruct 10000 --n-text 600 --n-eval 1200 --n-tower 3000
 else
   echo "   (exists; delete $OUT_DIR/data to regenerate)"
 fi
@@ -33,8 +34,11 @@ fi
 echo "== tokenizer: train-bpe-tokenizer -> $OUT_DIR/tokenizer.json"
 "$BUILD/train-bpe-tokenizer" --corpus "$OUT_DIR/data/corpus.txt" --vocab-size 512 --out "$OUT_DIR/tokenizer.json"
 
-echo "== models: make-tiny-models -> $OUT_DIR/models"
-"$BUILD/make-tiny-models" --tokenizer "$OUT_DIR/tokenizer.json" --out "$OUT_DIR/models" --seed 0
+# The tower is pretrained on its own labelled images (data_tools/tower_pretrain.h), standing in for CLIP's
+# pretraining: with a random tower the decoder never learned to read shape.
+echo "== models: make-tiny-models -> $OUT_DIR/models (tower pretrained on $OUT_DIR/data/tower_labels.jsonl)"
+"$BUILD/make-tiny-models" --tokenizer "$OUT_DIR/tokenizer.json" --out "$OUT_DIR/models" --seed 0 \
+  --pretrain-tower "$OUT_DIR/data/tower_labels.jsonl" --pretrain-steps 1000
 
 echo "== configs: resolve every demo stage"
 for s in stage1 stage2 stage3 stage3_linear_aux; do
