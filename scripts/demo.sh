@@ -26,7 +26,7 @@ T0=$(stamp)
 echo "== data: gen-shapes-dataset (seed $SEED) -> $OUT_DIR/data"
 if [ ! -f "$OUT_DIR/data/dataset_info.json" ]; then
   "$BUILD/gen-shapes-dataset" --out "$OUT_DIR/data" --seed "$SEED" --image-size 56 --grid 4 \
-    --n-caption 4000 --n-instruct 10000 --n-text 600 --n-eval 1200 --n-tower 3000
+    --n-caption 4000 --n-instruct 10000 --n-text 600 --n-eval 1200 --n-tower 3000 --max-turns 6
 else
   echo "   (exists; delete $OUT_DIR/data to regenerate)"
 fi
