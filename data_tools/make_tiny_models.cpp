@@ -9,8 +9,8 @@
 // Sizes default to a demo that trains 3 stages on 2 CPU cores in minutes: a 56 px / patch 14 tower
 // (16 patches + CLS) and a 4-layer, 128-wide decoder with GQA and tied embeddings. With --pretrain-tower
 // the tower is then trained briefly on labelled shapes images (tower_pretrain.h says why).
+#include "io/hf_loader.h"
 #include "io/safetensors.h"
-#include "shapes_world.h"
 #include "tower_pretrain.h"
 
 #include <CLI/CLI.hpp>
@@ -253,15 +253,10 @@ int main(int argc, char ** argv) {
             const fs::path dir = fs::path(out) / "tiny-clip";
             idamoe::model::VisionTower tower = idamoe::model::build_vision_tower(dir.string());
             const auto proc = idamoe::data::ImageProcessorConfig::from_dir(dir.string(), /*pad=*/false);
-            std::vector<std::string> colours;
-            for (const auto & c : idamoe::demo::kColours) colours.push_back(c.name);
             pt.seed = static_cast<uint64_t>(seed);
             const auto t1 = std::chrono::steady_clock::now();
-            const auto r = idamoe::demo::pretrain_tower(tower, proc, idamoe::demo::kShapeNames, colours,
-                                                        idamoe::demo::kSizeNames, pt);
-            idamoe::io::TensorMap t;
-            for (const auto & p : tower->named_parameters()) t[p.key()] = p.value().detach().contiguous();
-            save(dir, t);
+            const auto r = idamoe::demo::pretrain_tower(tower, proc, pt);
+            save(dir, idamoe::io::module_state(*tower));
             std::printf("make-tiny-models: tower pretrained on %lld images, %lld steps x %lld (%.1f s, final loss %.3f); "
                         "held-out %lld images, object tokens: shape %.1f%%, colour %.1f%%, size %.1f%%\n",
                         static_cast<long long>(r.train_images), static_cast<long long>(pt.steps), static_cast<long long>(pt.batch),

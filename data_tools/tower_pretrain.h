@@ -9,11 +9,12 @@
 // as MoE-LLaVA does; this runs once, in make-tiny-models, on images of their own split
 // (gen-shapes-dataset --n-tower), and the linear head is thrown away. No position targets: with extra
 // column/row heads the decoder's held-out shape accuracy after stage 2 was 22.5% (twice, Python and
-// C++ pretraining) against 36.5-67% without them (README, "Why the other types fail").
+// C++ pretraining) against 36.5-67% without them (README, "Why shape failed before the tower was pretrained").
 #pragma once
 
 #include "data/images.h"
 #include "model/vision_tower.h"
+#include "shapes_world.h"
 
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
@@ -55,11 +56,14 @@ inline int64_t index_of(const std::vector<std::string> & names, const std::strin
 
 // Trains `tower` in place (all parameters). Labels: one JSON object a line,
 // {"image": PATH, "grid": G, "objects": [{"shape", "colour", "size", "cell": [column, row]}]}; G must equal
-// the tower's patches per side, so that token t = row * G + column sits on that cell.
+// the tower's patches per side, so that token t = row * G + column sits on that cell. Names are those of
+// shapes_world.h.
 inline TowerPretrainReport pretrain_tower(model::VisionTower & tower, const data::ImageProcessorConfig & proc,
-                                          const std::vector<std::string> & shapes, const std::vector<std::string> & colours,
-                                          const std::vector<std::string> & sizes, const TowerPretrainOptions & o) {
+                                          const TowerPretrainOptions & o) {
     namespace fs = std::filesystem;
+    const std::vector<std::string> & shapes = kShapeNames, & sizes = kSizeNames;
+    std::vector<std::string> colours;
+    for (const auto & c : kColours) colours.push_back(c.name);
     const int64_t G = tower->config().grid(), T = G * G;
     const int64_t S = static_cast<int64_t>(shapes.size()), C = static_cast<int64_t>(colours.size()),
                   Z = static_cast<int64_t>(sizes.size());

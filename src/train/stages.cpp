@@ -82,18 +82,19 @@ TrainableSummary apply_stage_rules(torch::nn::Module & model, int64_t stage, con
     for (auto & item : model.named_parameters(/*recurse=*/true)) {
         const std::string & name = item.key();
         torch::Tensor p = item.value();
+        const ParamKind kind = classify_param(name);
         bool train;
         if (override_patterns.empty()) {
             train = stage_trains(stage, name);
         } else {
             train = false;
             // the tower stays frozen whatever the patterns say (stage_trains says why)
-            if (classify_param(name) != ParamKind::vision)
+            if (kind != ParamKind::vision)
                 for (size_t i = 0; i < override_patterns.size(); ++i)
                     if (name.find(override_patterns[i]) != std::string::npos) { train = true; ++pattern_hits[i]; }
         }
         p.set_requires_grad(train);
-        auto & c = sum.by_kind[param_kind_name(classify_param(name))];
+        auto & c = sum.by_kind[param_kind_name(kind)];
         (train ? c.trainable : c.frozen) += p.numel();
         (train ? sum.trainable : sum.frozen) += p.numel();
         if (train) ++sum.trainable_tensors;

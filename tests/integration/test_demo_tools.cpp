@@ -423,11 +423,9 @@ TEST_CASE("make-tiny-models --pretrain-tower: the tower learns the labelled cell
     // In process, longer: the held-out cells are read well above chance (shape 1/4, colour 1/6 among objects).
     auto tower = idamoe::model::build_vision_tower(t.str("random/tiny-clip"));
     const auto proc = idamoe::data::ImageProcessorConfig::from_dir(t.str("random/tiny-clip"), false);
-    std::vector<std::string> colours;
-    for (const auto & c : idamoe::demo::kColours) colours.push_back(c.name);
     idamoe::demo::TowerPretrainOptions o;
     o.labels = labels.string(), o.steps = 150, o.batch = 32, o.holdout = 0.2;
-    const auto r = idamoe::demo::pretrain_tower(tower, proc, idamoe::demo::kShapeNames, colours, idamoe::demo::kSizeNames, o);
+    const auto r = idamoe::demo::pretrain_tower(tower, proc, o);
     INFO("held-out: shape " << r.shape << " colour " << r.colour << " size " << r.size);
     CHECK(r.train_images == 160);
     CHECK(r.heldout_images == 40);
@@ -440,13 +438,13 @@ TEST_CASE("make-tiny-models --pretrain-tower: the tower learns the labelled cell
         const std::string first = read_file(labels).substr(0, read_file(labels).find('\n') + 1);
         idamoe::test::write_text(bad, first + R"({"image":"tower/000001.png","grid":7,"objects":[]})" "\n");
         o.labels = bad, o.image_root = t.str("d/images"), o.steps = 1;
-        CHECK_THROWS_WITH(idamoe::demo::pretrain_tower(tower, proc, idamoe::demo::kShapeNames, colours, idamoe::demo::kSizeNames, o),
+        CHECK_THROWS_WITH(idamoe::demo::pretrain_tower(tower, proc, o),
                           Catch::Contains("bad.jsonl:2") && Catch::Contains("grid 7"));
         idamoe::test::write_text(bad, first + R"({"image":"tower/000001.png","grid":4,"objects":[{"shape":"hexagon","colour":"red","size":"small","cell":[0,0]}]})" "\n");
-        CHECK_THROWS_WITH(idamoe::demo::pretrain_tower(tower, proc, idamoe::demo::kShapeNames, colours, idamoe::demo::kSizeNames, o),
+        CHECK_THROWS_WITH(idamoe::demo::pretrain_tower(tower, proc, o),
                           Catch::Contains("bad.jsonl:2") && Catch::Contains("hexagon"));
         idamoe::test::write_text(bad, first + R"({"image":"tower/000001.png","grid":4,"objects":[{"shape":"circle","colour":"red","size":"small","cell":[4,0]}]})" "\n");
-        CHECK_THROWS_WITH(idamoe::demo::pretrain_tower(tower, proc, idamoe::demo::kShapeNames, colours, idamoe::demo::kSizeNames, o),
+        CHECK_THROWS_WITH(idamoe::demo::pretrain_tower(tower, proc, o),
                           Catch::Contains("bad.jsonl:2") && Catch::Contains("outside"));
     }
 }
