@@ -1,16 +1,18 @@
 // Emergent balance on synthetic clustered data (IDA-MoE §5.4, Fig. 5).
-// What holds here, and is asserted: the GMM router, trained only on its own losses and with no balance
-// loss, does not collapse (CV well below a collapsed router's ~0.6) and routes far more decisively than
-// the linear router with the MoE-LLaVA aux loss (lower entropy, bits).
-// What did NOT reproduce robustly in this toy, and is only printed: a lower CV than the task-trained
-// linear router without aux loss. Mean CV over 3 seeds, IDA vs linear (no aux): 0.173 vs 0.096 with 8
-// components per expert and 1500 steps; 0.093 vs 0.101 and (after removing the input-LN affine of the
-// router AE) 0.120 vs 0.101 with 16 components and 3000 steps. In this toy the linear router without aux
-// loss does not drift into imbalance within 3000 steps, unlike the paper's Fig. 5a over a full epoch.
-// Tried and reverted: Zipf(1) cluster weights instead of softmax(0.5 randn) (token frequencies are
-// Zipfian). Mean of 3 seeds: CV ida 0.143 vs linear (no aux) 0.158, but IDA's entropy rose to 1.21 bits
-// vs 1.39 for linear + aux (components pile into the heavy clusters and overlap), so neither claim held
-// by a clear margin there either.
+// The paper's mechanism (§3.2): a router trained by the task loss steers tokens toward experts that are
+// already good at them ("rich get richer"), which bites when experts can be versatile, i.e. when most of
+// the FFN's function is shared by all inputs, as it is for experts upcycled from one dense FFN. The toy
+// task below is therefore a shared map plus a cluster-specific one (kShared = 0.8 of the former).
+// Asserted, mean of 3 seeds: the GMM router (no balance loss) ends with a lower CV than the task-trained
+// linear router without aux loss, does not collapse, and routes more decisively (lower entropy, bits)
+// than the linear router with the MoE-LLaVA aux loss.
+// Measured (Release, 3000 steps, 16 components per expert): kShared 0.8: CV ida 0.120 vs linear (no aux)
+// 0.340 (per seed 0.092/0.153/0.115 vs 0.491/0.287/0.241); kShared 0.5: 0.120 vs 0.127; kShared 0 (every
+// cluster its own map, experts gain only from specialising): 0.120 vs 0.101, i.e. the claim does not hold
+// there. IDA's CV is the same in all three (its routing never sees the task); its floor here is the
+// unequal cluster weights split into 4 fixed groups of components.
+// Tried and reverted earlier: Zipf(1) cluster weights (kShared 0): CV ida 0.143 vs linear 0.158, but IDA's
+// entropy rose to 1.21 bits vs 1.39 for linear + aux.
 #include <catch2/catch.hpp>
 #include <torch/torch.h>
 
@@ -26,10 +28,11 @@ namespace {
 // partition of the input space (IDA-MoE Table 4: CV falls as components per expert grow).
 constexpr int64_t kD = 16, kF = 32, kClusters = 64, kSteps = 3000, kSeeds = 3;
 constexpr double kSharedMean = 3.0;
+constexpr double kShared = 0.8;  // share of every cluster's target map that is common to all clusters
 
 // A fixed mixture: 64 clusters with unequal weights in D = 16, each point RMS-normalised like the output of
-// the post-attention RMSNorm that feeds a decoder MLP. The target of a point is a cluster-specific random
-// nonlinear map, so experts gain from specialising and a task-trained router gets a steering signal.
+// the post-attention RMSNorm that feeds a decoder MLP. The target of a point is a nonlinear map, mostly
+// shared and partly cluster-specific, so experts gain both from being versatile and from specialising.
 struct ClusteredTask {
     torch::Tensor centres_CD, weights_C, maps_CDD;
     explicit ClusteredTask(uint64_t seed) {
@@ -38,6 +41,7 @@ struct ClusteredTask {
         centres_CD = torch::randn({1, kD}) * kSharedMean + torch::randn({kClusters, kD}) * 2.0;
         weights_C = torch::softmax(torch::randn({kClusters}) * 0.5, 0);
         maps_CDD = torch::randn({kClusters, kD, kD}) / std::sqrt(double(kD));
+        maps_CDD = kShared * maps_CDD[0].unsqueeze(0) + (1 - kShared) * maps_CDD;
     }
     std::pair<torch::Tensor, torch::Tensor> sample(int64_t n) const {
         const torch::Tensor c_T = torch::multinomial(weights_C, n, /*replacement=*/true);
@@ -125,6 +129,7 @@ TEST_CASE("moe: GMM routing stays balanced without an aux loss and routes more d
     }
     std::printf("balance mean over %d seeds: CV ida %.3f vs linear (no aux) %.3f; entropy ida %.3f vs linear+aux %.3f bits\n",
                 n, cv_ida, cv_lin, h_ida, h_aux);
-    CHECK(cv_ida < 0.2);        // no collapse without any balance loss (one dominant expert gives ~0.6)
-    CHECK(h_ida < h_aux - 0.2);  // decisively sharper routing than linear + aux loss
+    CHECK(cv_ida < cv_lin - 0.1);  // the task-trained router drifts into imbalance; the GMM router does not
+    CHECK(cv_ida < 0.2);           // no collapse without any balance loss (one dominant expert gives ~0.6)
+    CHECK(h_ida < h_aux - 0.2);    // decisively sharper routing than linear + aux loss
 }
