@@ -236,6 +236,7 @@ int main(int argc, char ** argv) {
     app.add_option("--pretrain-steps", pt.steps, "Tower pretraining: optimizer steps")->check(CLI::PositiveNumber);
     app.add_option("--pretrain-batch", pt.batch, "Tower pretraining: images per step")->check(CLI::PositiveNumber);
     app.add_option("--pretrain-lr", pt.lr, "Tower pretraining: Adam learning rate")->check(CLI::PositiveNumber);
+    app.add_flag("--pretrain-position", pt.position, "Tower pretraining: also teach every token its column and row");
     app.add_option("--llm-init-std", l.init_std, "LLM: std of the normal init of linear and embedding weights (initializer_range); <= 0: 1/sqrt(width)");
     CLI11_PARSE(app, argc, argv);
 
@@ -258,10 +259,11 @@ int main(int argc, char ** argv) {
             const auto r = idamoe::demo::pretrain_tower(tower, proc, pt);
             save(dir, idamoe::io::module_state(*tower));
             std::printf("make-tiny-models: tower pretrained on %lld images, %lld steps x %lld (%.1f s, final loss %.3f); "
-                        "held-out %lld images, object tokens: shape %.1f%%, colour %.1f%%, size %.1f%%\n",
+                        "held-out %lld images, object tokens: shape %.1f%%, colour %.1f%%, size %.1f%%%s\n",
                         static_cast<long long>(r.train_images), static_cast<long long>(pt.steps), static_cast<long long>(pt.batch),
                         std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count(), r.final_loss,
-                        static_cast<long long>(r.heldout_images), 100 * r.shape, 100 * r.colour, 100 * r.size);
+                        static_cast<long long>(r.heldout_images), 100 * r.shape, 100 * r.colour, 100 * r.size,
+                        pt.position ? (", column " + std::to_string(100 * r.column).substr(0, 4) + "%").c_str() : "");
         }
         const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         std::printf("make-tiny-models: tiny-clip %lld params (%lld patches + CLS), tiny-qwen2 %lld params, in %s (%.2f s)\n",

@@ -2,14 +2,15 @@
 //
 // Stand-in for CLIP's pretraining, for the demo's tiny tower only: a short supervised run that teaches a
 // random CLIP-layout tower to say, in every patch token, what the grid cell under it holds (shape or
-// empty, colour, size). Real LLaVA stacks start from a tower whose
-// features already separate such things; a random tower does not (a logistic-regression probe on the
-// demo's random 128-wide tower reads colour 96% but shape 54% from an object's own token), and the
-// decoder then never learned shape within the demo's budget. The trainer itself keeps the tower frozen,
-// as MoE-LLaVA does; this runs once, in make-tiny-models, on images of their own split
-// (gen-shapes-dataset --n-tower), and the linear head is thrown away. No position targets: with extra
-// column/row heads the decoder's held-out shape accuracy after stage 2 was 22.5% (twice, Python and
-// C++ pretraining) against 36.5-67% without them (README, "Why shape failed before the tower was pretrained").
+// empty, colour, size) and, with `position`, where that cell is (column and row). Real LLaVA stacks start
+// from a tower whose features already separate such things and keep where they are; a random tower does
+// not (a logistic-regression probe on the demo's random 128-wide tower reads colour 96% but shape 54% from
+// an object's own token; after pretraining without position heads its column 41%, left/right 60%), and
+// the decoder then never learned shape, or left/right, within the demo's budget. The trainer itself keeps
+// the tower frozen, as MoE-LLaVA does; this runs once, in make-tiny-models, on images of their own split
+// (gen-shapes-dataset --n-tower), and the linear head is thrown away. Position heads once looked harmful
+// (stage-2 shape 22.5% twice, with 1-3 QA turns per image; README, "Why shape failed before the tower was
+// pretrained"); with the demo's current data they are not (README, "Question design").
 #pragma once
 
 #include "data/images.h"
@@ -38,12 +39,13 @@ struct TowerPretrainOptions {
     int64_t select_layer = -2;  // the layer LLaVA reads (vision.select_layer); later layers get no gradient
     uint64_t seed = 0;
     double holdout = 0.1;       // last fraction of the images: reported, never trained on
+    bool position = false;      // also column and row heads on every token (where CLIP features say "where")
 };
 
 struct TowerPretrainReport {
     int64_t train_images = 0, heldout_images = 0;
     // accuracy on the held-out images' object tokens
-    double shape = 0, colour = 0, size = 0, final_loss = 0;
+    double shape = 0, colour = 0, size = 0, column = 0, final_loss = 0;
 };
 
 namespace detail {
@@ -116,23 +118,24 @@ inline TowerPretrainReport pretrain_tower(model::VisionTower & tower, const data
     torch::AutoGradMode grad(true);
     torch::manual_seed(o.seed);
     for (auto & p : tower->parameters()) p.set_requires_grad(true);
-    const int64_t D = tower->hidden_size(), K = (S + 1) + (C + 1) + (Z + 1);
+    const int64_t D = tower->hidden_size(), K = (S + 1) + (C + 1) + (Z + 1) + (o.position ? 2 * G : 0);
     torch::nn::Linear head(D, K);
     std::vector<torch::Tensor> params = tower->parameters();
     for (auto & p : head->parameters()) params.push_back(p);
     torch::optim::Adam opt(params, torch::optim::AdamOptions(o.lr));
-    const std::array<int64_t, 4> edge = {0, S + 1, S + C + 2, K};
-    auto losses = [&](const torch::Tensor & idx_B, std::array<double, 3> * acc) {
+    const std::array<int64_t, 6> edge = {0, S + 1, S + C + 2, S + C + Z + 3, S + C + Z + 3 + G, S + C + Z + 3 + 2 * G};
+    const torch::Tensor column_T = torch::arange(T, torch::kLong).remainder(G), row_T = torch::arange(T, torch::kLong).div(G, "floor");
+    auto losses = [&](const torch::Tensor & idx_B, std::array<double, 4> * acc) {
         const int64_t B = idx_B.size(0);
         const torch::Tensor logits_BTK = head(tower->features(X_NCHW.index_select(0, idx_B), o.select_layer, "patch"));
-        const std::array<torch::Tensor, 3> y = {ys_NT.index_select(0, idx_B), yc_NT.index_select(0, idx_B),
-                                                 yz_NT.index_select(0, idx_B)};
+        const std::vector<torch::Tensor> y = {ys_NT.index_select(0, idx_B), yc_NT.index_select(0, idx_B),
+                                              yz_NT.index_select(0, idx_B), column_T.expand({B, T}), row_T.expand({B, T})};
         torch::Tensor loss = torch::zeros({});
         const torch::Tensor object_BT = y[0] < S;
-        for (size_t h = 0; h < 3; ++h) {
+        for (size_t h = 0; h < (o.position ? 5u : 3u); ++h) {
             const torch::Tensor l_BTk = logits_BTK.slice(2, edge[h], edge[h + 1]);
             loss = loss + torch::nn::functional::cross_entropy(l_BTk.reshape({B * T, -1}), y[h].reshape({-1}));
-            if (acc) {
+            if (acc && h < 4) {
                 const torch::Tensor hit_BT = (l_BTk.argmax(2) == y[h]).to(torch::kFloat);
                 (*acc)[h] = hit_BT.masked_select(object_BT).mean().item<double>();
             }
@@ -153,12 +156,12 @@ inline TowerPretrainReport pretrain_tower(model::VisionTower & tower, const data
     TowerPretrainReport rep;
     rep.train_images = n_train, rep.heldout_images = n_hold;
     rep.final_loss = loss.defined() ? loss.item<double>() : 0.0;
-    std::array<double, 3> acc{};
+    std::array<double, 4> acc{};
     {
         torch::NoGradGuard ng;
         losses(torch::arange(n_train, N), &acc);
     }
-    rep.shape = acc[0], rep.colour = acc[1], rep.size = acc[2];
+    rep.shape = acc[0], rep.colour = acc[1], rep.size = acc[2], rep.column = o.position ? acc[3] : 0.0;
     return rep;
 }
 

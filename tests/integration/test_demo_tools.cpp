@@ -432,6 +432,16 @@ TEST_CASE("make-tiny-models --pretrain-tower: the tower learns the labelled cell
     CHECK(r.colour > 0.6);
     CHECK(r.shape > 0.3);
     for (const auto & p : tower->parameters()) CHECK_FALSE(p.requires_grad());  // frozen again afterwards
+    {  // with position heads every token also learns its column (chance 1/4 here)
+        auto tower_pos = idamoe::model::build_vision_tower(t.str("random/tiny-clip"));
+        idamoe::demo::TowerPretrainOptions op = o;
+        op.position = true;
+        const auto rp = idamoe::demo::pretrain_tower(tower_pos, proc, op);
+        INFO("held-out with position heads: column " << rp.column << " shape " << rp.shape << " colour " << rp.colour);
+        CHECK(rp.column > 0.9);
+        CHECK(rp.colour > 0.6);
+        CHECK(r.column == 0.0);  // not measured without the heads
+    }
 
     SECTION("bad labels name the file and line") {
         const std::string bad = t.str("bad.jsonl");
