@@ -7,13 +7,14 @@
 // Output (image paths in the JSON files are relative to OUT/images):
 //   images/{caption,instruct,eval}/NNNNNN.png
 //   captions.json        stage 1, LLaVA-558k style: human "<image>", gpt caption (plain template)
-//   instruct_image.json  stages 2-3, LLaVA-665k style: 1-3 QA turns per image, "<image>\n" leads turn 1
+//   instruct_image.json  stages 2-3, LLaVA-665k style: 1..--max-turns QA turns per image, "<image>\n" leads turn 1
 //   instruct_text.json   stages 2-3, text-only records (no "image" key; MoE-LLaVA's nlp_tune.json)
-//   eval_questions.jsonl LLaVA question JSONL: {question_id, image, text, category, answer}
+//   eval_questions.jsonl LLaVA question JSONL: {question_id, image, text, category, answer, objects:
+//                        [{shape, colour, size, side}]} (objects: what the image holds, for analysis)
 //   corpus.txt           every training text, one record a line, for training the tokenizer
 //   dataset_info.json    arguments, counts per category
 //   images/tower/NNNNNN.png, tower_labels.jsonl (only with --n-tower N > 0, grid layouts): one line per
-//                        image, {image, grid, objects: [{shape, colour, size, cell: [column, row]}]}, the
+//                        image, {image, grid, objects: [{shape, colour, size, side, cell: [column, row]}]}, the
 //                        labelled images make-tiny-models --pretrain-tower trains the demo's tower on
 #include "shapes_world.h"
 
@@ -89,6 +90,17 @@ std::string moe_llava_render(const json & convs) {
 }
 
 }  // namespace
+
+// What a scene holds, for labels and analysis: shape, colour, size class and side of each object.
+json objects_json(const idamoe::demo::Scene & scene) {
+    json objs = json::array();
+    for (const auto & sh : scene.shapes)
+        objs.push_back({{"shape", idamoe::demo::kShapeNames[sh.kind]},
+                        {"colour", idamoe::demo::kColours[sh.colour].name},
+                        {"size", idamoe::demo::kSizeNames[sh.size]},
+                        {"side", idamoe::demo::horizontal(scene, sh)}});
+    return objs;
+}
 
 int main(int argc, char ** argv) {
     CLI::App app{"gen-shapes-dataset: the demo's synthetic LLaVA-format data (shapes, captions, VQA, eval split)"};
@@ -188,7 +200,8 @@ int main(int argc, char ** argv) {
                             {"image", "eval/" + image_name(i)},
                             {"text", qa->question + "\n" + kShortAnswer},
                             {"category", cat},
-                            {"answer", qa->answer}};
+                            {"answer", qa->answer},
+                            {"objects", objects_json(scene)}};  // for analysis; LLaVA's readers ignore extra keys
                 eval += rec.dump() + "\n";
                 ++n_eval_qa[cat];
                 break;
@@ -204,12 +217,8 @@ int main(int argc, char ** argv) {
                 Rng rng(idamoe::demo::stream_seed(a.seed, kTower, i));
                 auto scene = idamoe::demo::sample_scene(rng, a.image_size, 1, a.grid, a.one_shape);
                 write_png(out / "images/tower" / image_name(i), idamoe::demo::render_scene(scene, rng), a.image_size);
-                json objs = json::array();
-                for (const auto & sh : scene.shapes)
-                    objs.push_back({{"shape", idamoe::demo::kShapeNames[sh.kind]},
-                                    {"colour", idamoe::demo::kColours[sh.colour].name},
-                                    {"size", idamoe::demo::kSizeNames[sh.size]},
-                                    {"cell", idamoe::demo::grid_cell(scene, sh)}});
+                json objs = objects_json(scene);
+                for (size_t k = 0; k < scene.shapes.size(); ++k) objs[k]["cell"] = idamoe::demo::grid_cell(scene, scene.shapes[k]);
                 labels += json{{"image", "tower/" + image_name(i)}, {"grid", a.grid}, {"objects", objs}}.dump() + "\n";
             }
             write_text(out / "tower_labels.jsonl", labels);

@@ -232,6 +232,29 @@ TEST_CASE("gen-shapes-dataset writes valid LLaVA data with every promised questi
             else if (cat == "presence") CHECK((ans == "yes" || ans == "no"));
             else if (cat == "position") CHECK((ans == "left" || ans == "right"));
             else FAIL("unknown category " << cat);
+            // The answer follows from what the image holds (the record's "objects"). The referent is the
+            // word after "there a"/"there an"/"Is the": a shape, or a colour followed by "object".
+            const json & objs = q.at("objects");
+            REQUIRE(objs.size() >= 1);
+            auto referent = [&](const std::string & after) {
+                const size_t at = text.find(after);
+                REQUIRE(at != std::string::npos);
+                const std::string rest = text.substr(at + after.size());
+                return rest.substr(0, rest.find_first_of(" ?"));
+            };
+            auto matches = [&](const json & o, const std::string & word) { return o.at("shape") == word || o.at("colour") == word; };
+            INFO("question " << text << " answer " << ans << " objects " << objs.dump());
+            if (cat == "presence") {
+                const std::string word = referent(text.find("there an ") != std::string::npos ? "there an " : "there a ");
+                const bool any = std::any_of(objs.begin(), objs.end(), [&](const json & o) { return matches(o, word); });
+                CHECK(ans == (any ? "yes" : "no"));
+            } else if (cat == "position") {
+                const std::string word = referent("Is the ");
+                CHECK(std::count_if(objs.begin(), objs.end(), [&](const json & o) { return matches(o, word); }) == 1);
+                for (const auto & o : objs) if (matches(o, word)) CHECK(o.at("side") == ans);
+            } else if (cat == "count" && text.find("How many shapes") != std::string::npos) {
+                CHECK(ans == std::to_string(objs.size()));
+            }
         }
         CHECK(lines == 24);
         CHECK(colour_checked == 4);
