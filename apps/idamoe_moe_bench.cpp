@@ -4,7 +4,7 @@
 //   idamoe-moe-bench [--tokens 4096 --d-model 2048 --d-ff 5632 --experts 4 --top-k 2 --latent 32
 //                     --centers 16 --iters 3 --warmup 1 --routers ida,linear_aux]
 //
-// What is timed (median over --iters after --warmup, wall clock, this process's threads):
+// What is timed (median over --iters interleaved rounds after --warmup, wall clock, this process's threads):
 //   dense   y = FFN(x); y.backward(dy)                                    x requires grad (backbone)
 //   moe     y = MoE(x, mask); (y . dy + aux_loss).backward()              train mode (reactivation on)
 //   router  r = router.route(x); (r.loss + r.gates . dg).backward()      the router alone, same inputs
@@ -16,7 +16,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <functional>
+#include <memory>
 #include <sstream>
+#include <string>
 #include <vector>
 
 #include <torch/csrc/autograd/profiler_legacy.h>
@@ -27,16 +30,26 @@ using namespace idamoe;
 
 namespace {
 
-double median_ms(const std::function<void()> & fn, int warmup, int iters) {
-    for (int i = 0; i < warmup; ++i) fn();
-    std::vector<double> ms;
+// Medians of `iters` rounds; each round times every function once, in order, after `warmup` untimed
+// rounds. Interleaving matters here: timed one after the other, whichever layer came first ran up to
+// 15% slower (allocator growth, machine drift), which moved the MoE/dense ratio by 0.2-0.3.
+std::vector<double> interleaved_median_ms(const std::vector<std::function<void()>> & fns, int warmup, int iters) {
+    for (int i = 0; i < warmup; ++i)
+        for (const auto & fn : fns) fn();
+    std::vector<std::vector<double>> ms(fns.size());
     for (int i = 0; i < iters; ++i) {
-        const auto t0 = std::chrono::steady_clock::now();
-        fn();
-        ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+        for (size_t f = 0; f < fns.size(); ++f) {
+            const auto t0 = std::chrono::steady_clock::now();
+            fns[f]();
+            ms[f].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+        }
     }
-    std::sort(ms.begin(), ms.end());
-    return ms[ms.size() / 2];
+    std::vector<double> med;
+    for (auto & v : ms) {
+        std::sort(v.begin(), v.end());
+        med.push_back(v[v.size() / 2]);
+    }
+    return med;
 }
 
 }  // namespace
@@ -57,7 +70,7 @@ int main(int argc, char ** argv) {
     app.add_option("--warmup", warmup);
     app.add_option("--iters", iters);
     app.add_option("--routers", routers, "comma-separated router kinds");
-    app.add_option("--trace", trace, "write a chrome trace (legacy autograd profiler) of one router fwd+bwd per router");
+    app.add_option("--trace", trace, "write chrome traces (legacy autograd profiler) of one router fwd+bwd and one MoE layer fwd+bwd per router");
     app.add_flag("--flush-denormal", flush_denormal, "set the CPU flush-denormal mode (torch.set_flush_denormal)");
     CLI11_PARSE(app, argc, argv);
     if (flush_denormal) at::globalContext().setFlushDenormal(true);
@@ -71,46 +84,57 @@ int main(int argc, char ** argv) {
     const torch::Tensor mask = torch::ones({1, T}, torch::kLong);
 
     auto dense = std::make_shared<moe::SwiGluFfnImpl>(D, F);
-    const double t_dense = median_ms([&] {
+    std::vector<std::function<void()>> fns = {[&] {
         torch::Tensor x = x0.clone().requires_grad_();
         dense->forward(x, {}).backward(dy);
         dense->zero_grad();
-    }, warmup, iters);
-    std::printf("dense FFN fwd+bwd: %.1f ms\n", t_dense);
-
+    }};
+    std::vector<std::string> names;
+    std::vector<std::shared_ptr<moe::MoeLayerImpl>> layers;
+    const torch::Tensor dg = torch::randn({T, K});
     std::stringstream ss(routers);
-    std::string name;
-    while (std::getline(ss, name, ',')) {
+    for (std::string name; std::getline(ss, name, ',');) {
         moe::MoeLayerConfig cfg;
         cfg.d_model = D, cfg.d_ff = F, cfg.router = name, cfg.num_experts = N, cfg.top_k = K;
         cfg.latent_dim = L, cfg.centers_per_expert = M, cfg.layer_index = 0;
         auto layer = std::dynamic_pointer_cast<moe::MoeLayerImpl>(moe::upcycle(dense, cfg));
         layer->train();
-        const double t_moe = median_ms([&] {
+        names.push_back(name);
+        layers.push_back(layer);
+        fns.push_back([&x0, &dy, &mask, layer] {
             torch::Tensor x = x0.clone().requires_grad_();
             torch::Tensor y = layer->forward(x, mask);
             ((y * dy).sum() + layer->aux()->loss).backward();
             layer->zero_grad();
-        }, warmup, iters);
-        const torch::Tensor dg = torch::randn({T, K});
-        const double t_router = median_ms([&] {
+        });
+        fns.push_back([&x0, &dg, T, D, layer] {
             torch::Tensor x = x0.reshape({T, D}).clone().requires_grad_();
             moe::RouteOut r = layer->router->route(x, {});
             torch::Tensor l = r.loss + (r.gates_TK.to(torch::kFloat) * dg).sum();
             if (l.requires_grad()) l.backward();
             layer->zero_grad();
-        }, warmup, iters);
+        });
+    }
+    const std::vector<double> ms = interleaved_median_ms(fns, warmup, iters);
+    const double t_dense = ms[0];
+    std::printf("dense FFN fwd+bwd: %.1f ms\n", t_dense);
+    for (size_t i = 0; i < layers.size(); ++i) {
+        const double t_moe = ms[1 + 2 * i], t_router = ms[2 + 2 * i];
         if (!trace.empty()) {
-            torch::autograd::profiler::RecordProfile guard(trace + "." + name + ".json");
+            torch::autograd::profiler::RecordProfile guard(trace + "." + names[i] + ".json");
             torch::Tensor x = x0.reshape({T, D}).clone().requires_grad_();
-            moe::RouteOut r = layer->router->route(x, {});
+            moe::RouteOut r = layers[i]->router->route(x, {});
             torch::Tensor l = r.loss + (r.gates_TK.to(torch::kFloat) * dg).sum();
             if (l.requires_grad()) l.backward();
         }
-        const auto & st = layer->stats();
+        if (!trace.empty()) {  // and the whole layer, to see where the rest of its time goes
+            torch::autograd::profiler::RecordProfile guard(trace + "." + names[i] + ".layer.json");
+            fns[1 + 2 * i]();
+        }
+        const auto & st = layers[i]->stats();
         std::printf("%-10s MoE fwd+bwd: %.1f ms (%.2fx dense) | router alone: %.1f ms = %.2f%% of the MoE layer | "
                     "cv %.3f entropy %.3f bits\n",
-                    name.c_str(), t_moe, t_moe / t_dense, t_router, 100.0 * t_router / t_moe, st.cv.item<double>(),
+                    names[i].c_str(), t_moe, t_moe / t_dense, t_router, 100.0 * t_router / t_moe, st.cv.item<double>(),
                     st.entropy.item<double>());
     }
     return 0;
