@@ -289,9 +289,9 @@ inline std::optional<QA> ask(const Scene & s, const std::string & category, Rng 
         return QA{category, "How many " + kShapePlurals[k] + " are there?", std::to_string(count_kind(k))};
     }
     // Presence and position name one attribute, as the colour and shape questions do ("the circle", "the red
-    // object"). Conjunctive versions ("Is there a red circle?", "Is the green triangle on the left ...?") stayed
-    // at chance in every demo run (README, "Question design"): the 4-layer decoder never learned to bind two
-    // attributes within the demo's few minutes.
+    // object"), so that every type asks the same kind of lookup. The conjunctive versions ("Is there a red
+    // circle?", "Is the green triangle on the left ...?") were harder still for a decoder that, within the
+    // demo's few minutes, does not yet pick out even a singly named object (README, "Question design").
     if (category == "presence") {
         const bool by_kind = rng.coin(), yes = rng.coin();
         return ask_presence(s, by_kind, yes, rng);
