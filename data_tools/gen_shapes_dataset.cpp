@@ -89,8 +89,6 @@ std::string moe_llava_render(const json & convs) {
     return s;
 }
 
-}  // namespace
-
 // What a scene holds, for labels and analysis: shape, colour, size class and side of each object.
 json objects_json(const idamoe::demo::Scene & scene) {
     json objs = json::array();
@@ -101,6 +99,8 @@ json objects_json(const idamoe::demo::Scene & scene) {
                         {"side", idamoe::demo::horizontal(scene, sh)}});
     return objs;
 }
+
+}  // namespace
 
 int main(int argc, char ** argv) {
     CLI::App app{"gen-shapes-dataset: the demo's synthetic LLaVA-format data (shapes, captions, VQA, eval split)"};

@@ -258,12 +258,14 @@ int main(int argc, char ** argv) {
             const auto t1 = std::chrono::steady_clock::now();
             const auto r = idamoe::demo::pretrain_tower(tower, proc, pt);
             save(dir, idamoe::io::module_state(*tower));
+            char column[32] = "";
+            if (pt.position) std::snprintf(column, sizeof column, ", column %.1f%%", 100 * r.column);
             std::printf("make-tiny-models: tower pretrained on %lld images, %lld steps x %lld (%.1f s, final loss %.3f); "
                         "held-out %lld images, object tokens: shape %.1f%%, colour %.1f%%, size %.1f%%%s\n",
                         static_cast<long long>(r.train_images), static_cast<long long>(pt.steps), static_cast<long long>(pt.batch),
                         std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count(), r.final_loss,
                         static_cast<long long>(r.heldout_images), 100 * r.shape, 100 * r.colour, 100 * r.size,
-                        pt.position ? (", column " + std::to_string(100 * r.column).substr(0, 4) + "%").c_str() : "");
+                        column);
         }
         const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         std::printf("make-tiny-models: tiny-clip %lld params (%lld patches + CLS), tiny-qwen2 %lld params, in %s (%.2f s)\n",

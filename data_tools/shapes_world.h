@@ -246,22 +246,6 @@ struct QA {
     std::string category, question, answer;
 };
 
-// "Is there a circle?" / "Is there a red object?" with the answer `yes`, or nullopt when the scene cannot
-// give that answer (every kind present, say).
-inline std::optional<QA> ask_presence(const Scene & s, bool by_kind, bool yes, Rng & rng) {
-    const int64_t n_values = by_kind ? static_cast<int64_t>(kShapeNames.size()) : static_cast<int64_t>(kColours.size());
-    std::vector<int> pool;
-    for (int v = 0; v < n_values; ++v) {
-        const bool has = std::any_of(s.shapes.begin(), s.shapes.end(), [&](const Shape & x) { return (by_kind ? x.kind : x.colour) == v; });
-        if (has == yes) pool.push_back(v);
-    }
-    if (pool.empty()) return std::nullopt;
-    const int v = rng.pick(pool);
-    return QA{"presence", by_kind ? "Is there " + a_or_an(kShapeNames[v]) + "?"
-                                  : "Is there " + a_or_an(std::string(kColours[v].name) + " object") + "?",
-              yes ? "yes" : "no"};
-}
-
 // A question of `category` about scene s, or nullopt when the scene cannot support it
 // (e.g. "which shape is largest" needs two shapes and a clear winner).
 inline std::optional<QA> ask(const Scene & s, const std::string & category, Rng & rng) {
@@ -292,17 +276,24 @@ inline std::optional<QA> ask(const Scene & s, const std::string & category, Rng 
     // object"), so that every type asks the same kind of lookup. The conjunctive versions ("Is there a red
     // circle?", "Is the green triangle on the left ...?") were harder still for a decoder that, within the
     // demo's few minutes, does not yet pick out even a singly named object (README, "Question design").
-    if (category == "presence") {
+    if (category == "presence") {  // "Is there a circle?" / "Is there a red object?", yes or no by coin
         const bool by_kind = rng.coin(), yes = rng.coin();
-        return ask_presence(s, by_kind, yes, rng);
+        const int n_values = static_cast<int>(by_kind ? kShapeNames.size() : kColours.size());
+        std::vector<int> pool;  // the kinds (colours) whose presence gives the drawn answer
+        for (int v = 0; v < n_values; ++v)
+            if (((by_kind ? count_kind(v) : count_colour(v)) > 0) == yes) pool.push_back(v);
+        if (pool.empty()) return std::nullopt;
+        const int v = rng.pick(pool);
+        return QA{category, "Is there " + a_or_an(by_kind ? kShapeNames[v] : std::string(kColours[v].name) + " object") + "?",
+                  yes ? "yes" : "no"};
     }
     if (category == "position") {
         std::vector<std::string> refs, sides;  // sided shapes that one attribute names uniquely
         for (const auto & x : sh) {
-            if (horizontal(s, x) == "middle") continue;
-            if (count_kind(x.kind) == 1) refs.push_back("the " + kShapeNames[x.kind]), sides.push_back(horizontal(s, x));
-            if (count_colour(x.colour) == 1) refs.push_back("the " + std::string(kColours[x.colour].name) + " object"),
-                                             sides.push_back(horizontal(s, x));
+            const std::string side = horizontal(s, x);
+            if (side == "middle") continue;
+            if (count_kind(x.kind) == 1) refs.push_back("the " + kShapeNames[x.kind]), sides.push_back(side);
+            if (count_colour(x.colour) == 1) refs.push_back("the " + std::string(kColours[x.colour].name) + " object"), sides.push_back(side);
         }
         if (refs.empty()) return std::nullopt;
         const size_t i = static_cast<size_t>(rng.below(static_cast<int64_t>(refs.size())));

@@ -123,6 +123,9 @@ inline TowerPretrainReport pretrain_tower(model::VisionTower & tower, const data
     std::vector<torch::Tensor> params = tower->parameters();
     for (auto & p : head->parameters()) params.push_back(p);
     torch::optim::Adam opt(params, torch::optim::AdamOptions(o.lr));
+    // heads, in order: shape, colour, size, then with `position` column and row; the logits of head h are
+    // [edge[h], edge[h + 1]). Accuracy is reported for the first four (the row's equals the column's in kind).
+    const size_t n_heads = o.position ? 5 : 3;
     const std::array<int64_t, 6> edge = {0, S + 1, S + C + 2, S + C + Z + 3, S + C + Z + 3 + G, S + C + Z + 3 + 2 * G};
     const torch::Tensor column_T = torch::arange(T, torch::kLong).remainder(G), row_T = torch::arange(T, torch::kLong).div(G, "floor");
     auto losses = [&](const torch::Tensor & idx_B, std::array<double, 4> * acc) {
@@ -132,10 +135,10 @@ inline TowerPretrainReport pretrain_tower(model::VisionTower & tower, const data
                                               yz_NT.index_select(0, idx_B), column_T.expand({B, T}), row_T.expand({B, T})};
         torch::Tensor loss = torch::zeros({});
         const torch::Tensor object_BT = y[0] < S;
-        for (size_t h = 0; h < (o.position ? 5u : 3u); ++h) {
+        for (size_t h = 0; h < n_heads; ++h) {
             const torch::Tensor l_BTk = logits_BTK.slice(2, edge[h], edge[h + 1]);
             loss = loss + torch::nn::functional::cross_entropy(l_BTk.reshape({B * T, -1}), y[h].reshape({-1}));
-            if (acc && h < 4) {
+            if (acc && h < acc->size()) {
                 const torch::Tensor hit_BT = (l_BTk.argmax(2) == y[h]).to(torch::kFloat);
                 (*acc)[h] = hit_BT.masked_select(object_BT).mean().item<double>();
             }
