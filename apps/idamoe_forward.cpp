@@ -18,6 +18,7 @@
 // main() only parses and dispatches: one run_* function per mode. A new model family adds a
 // run_* function and a branch in dispatch(); a mode without --model (e.g. a GMM router) adds its
 // options and a branch before the model_type lookup.
+#include "core/runtime.h"
 #include "io/hf_loader.h"
 #include "io/safetensors.h"
 #include "model/decoder.h"
@@ -181,6 +182,7 @@ int dispatch(const ForwardArgs & a) {
 }  // namespace
 
 int main(int argc, char ** argv) {
+    idamoe::core::tune_cpu_runtime(argv);  // as idamoe-train: passive OpenMP, freed memory kept in the heap
     CLI::App app{"idamoe-forward: run a Hugging Face model directory on inputs from a safetensors file"};
     app.set_version_flag("--version", std::string("idamoe ") + IDAMOE_VERSION);
     ForwardArgs a;

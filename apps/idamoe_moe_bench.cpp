@@ -24,6 +24,7 @@
 
 #include <torch/csrc/autograd/profiler_legacy.h>
 
+#include "core/runtime.h"
 #include "moe/moe_layer.h"
 
 using namespace idamoe;
@@ -55,6 +56,9 @@ std::vector<double> interleaved_median_ms(const std::vector<std::function<void()
 }  // namespace
 
 int main(int argc, char ** argv) {
+    // The same CPU run-time settings as idamoe-train (passive OpenMP, freed memory kept in the heap), so the
+    // layer is timed as training runs it.
+    idamoe::core::tune_cpu_runtime(argv);
     CLI::App app{"idamoe-moe-bench: MoE layer vs dense FFN, forward+backward"};
     int64_t T = 4096, D = 2048, F = 5632, N = 4, K = 2, L = 32, M = 16;
     int warmup = 1, iters = 3;
