@@ -158,10 +158,12 @@ int main(int argc, char ** argv) {
             for (size_t k = cats.size(); k > 1; --k) std::swap(cats[k - 1], cats[static_cast<size_t>(rng.below(static_cast<int64_t>(k)))]);
             const int turns = 1 + static_cast<int>(rng.below(a.max_turns));
             json convs = json::array();
+            std::string said;  // the conversation so far, so that no question is answered by it (ask())
             for (const auto & cat : cats) {
                 if (static_cast<int>(convs.size()) / 2 >= turns) break;
-                auto qa = idamoe::demo::ask(scene, cat, rng);
+                auto qa = idamoe::demo::ask(scene, cat, rng, said);
                 if (!qa) continue;
+                said += qa->question + " " + qa->answer + "\n";
                 std::string q = qa->question + "\n" + kShortAnswer;
                 convs.push_back({{"from", "human"}, {"value", convs.empty() ? "<image>\n" + q : q}});
                 convs.push_back({{"from", "gpt"}, {"value", qa->answer}});

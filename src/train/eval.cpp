@@ -61,7 +61,9 @@ std::string normalize_answer(const std::string & s) {
 }
 
 std::string eval_prompt(const std::string & template_name, const EvalQuestion & q) {
-    const std::string question = q.image.empty() ? q.text : std::string(data::kImageTag) + "\n" + q.text;
+    // LLaVA's model_vqa puts the image first; a question that places <image> itself keeps its place.
+    const bool placed = q.text.find(data::kImageTag) != std::string::npos;
+    const std::string question = q.image.empty() || placed ? q.text : std::string(data::kImageTag) + "\n" + q.text;
     return data::generation_prompt(template_name, question);
 }
 

@@ -51,8 +51,9 @@ std::vector<EvalQuestion> load_eval_questions(const std::string & jsonl_path);
 // lower-case, trailing '.' removed; a trailing <|endoftext|> / <|im_end|> is dropped first.
 std::string normalize_answer(const std::string & s);
 
-// The inference prompt: "<image>\n" + question as the first user turn (LLaVA model_vqa_loader),
-// rendered by the template's generation prompt (data::generation_prompt).
+// The inference prompt: "<image>\n" + question as the first user turn (LLaVA model_vqa_loader), or
+// the question as written where it places <image> itself; rendered by the template's generation prompt
+// (data::generation_prompt).
 std::string eval_prompt(const std::string & template_name, const EvalQuestion & q);
 
 // Runs fn on each question (the first `limit` when limit > 0), in file order.

@@ -159,6 +159,7 @@ TEST_CASE("gen-shapes-dataset writes valid LLaVA data with every promised questi
             const auto & c = r.at("conversations");
             REQUIRE(c.size() >= 2);
             REQUIRE(c.size() % 2 == 0);
+            std::string said;  // earlier turns: no question may be answerable from them (shapes_world.h ask())
             for (size_t i = 0; i < c.size(); ++i) {
                 const std::string v = c[i].at("value");
                 CHECK(c[i].at("from") == (i % 2 == 0 ? "human" : "gpt"));
@@ -177,6 +178,19 @@ TEST_CASE("gen-shapes-dataset writes valid LLaVA data with every promised questi
                 else if (v.find("on the left or on the right") != std::string::npos) { ++types["position"]; CHECK((ans == "left" || ans == "right")); }
                 else if (v.find("Which shape is the largest") != std::string::npos) { ++types["largest"]; CHECK(kShapeWords.count(ans)); }
                 else FAIL("unexpected question: " << v);
+                const auto named = [&](const std::string & prefix) {  // the word after prefix, up to ' ' or '?'
+                    const size_t b = v.find(prefix) + prefix.size();
+                    return v.substr(b, v.find_first_of(" ?", b) - b);
+                };
+                const auto is_said = [&](const std::string & w) { return said.find(w) != std::string::npos; };
+                INFO("turn " << i / 2 << " '" << v << "' after '" << said << "'");
+                if (v.find("Is there a") != std::string::npos)
+                    CHECK_FALSE(is_said(named(v.find("Is there an ") != std::string::npos ? "Is there an " : "Is there a ")));
+                if (v.find("What colour is the ") != std::string::npos)
+                    CHECK_FALSE((is_said(named("What colour is the ")) && is_said(ans)));
+                if (v.find("What shape is the ") != std::string::npos)
+                    CHECK_FALSE((is_said(named("What shape is the ")) && is_said(ans)));
+                said += v + " " + ans + "\n";
             }
         }
         for (const char * k : {"colour", "shape", "count", "presence", "position", "largest"}) {
@@ -538,6 +552,11 @@ TEST_CASE("eval: LLaVA question JSONL in, answers JSONL and per-category accurac
     const std::string prompt = idamoe::train::eval_prompt("moe_llava", qs[0]);
     CHECK(prompt.rfind("A chat between", 0) == 0);
     CHECK(prompt.find(" USER: <image>\n" + qs[0].text + " ASSISTANT:") != std::string::npos);
+    auto placed = qs[0];  // a question that places the image itself keeps that place, once
+    placed.text = "What colour is the circle?\n<image>";
+    const std::string placed_prompt = idamoe::train::eval_prompt("moe_llava", placed);
+    CHECK(placed_prompt.find(" USER: What colour is the circle?\n<image> ASSISTANT:") != std::string::npos);
+    CHECK(placed_prompt.find("<image>") == placed_prompt.rfind("<image>"));
 
     // An oracle that reads the answer from the image path proves the plumbing: 100 %.
     std::map<std::string, std::string> truth;
