@@ -175,7 +175,7 @@ TEST_CASE("gen-shapes-dataset writes valid LLaVA data with every promised questi
                 else if (v.find("What shape is the") != std::string::npos) { ++types["shape"]; CHECK(kShapeWords.count(ans)); }
                 else if (v.find("How many") != std::string::npos) { ++types["count"]; CHECK((ans.size() == 1 && ans[0] >= '0' && ans[0] <= '3')); }
                 else if (v.find("Is there") != std::string::npos) { ++types["presence"]; CHECK((ans == "yes" || ans == "no")); }
-                else if (v.find("on the left or on the right") != std::string::npos) { ++types["position"]; CHECK((ans == "left" || ans == "right")); }
+                else if (v.find("Which side is the") != std::string::npos) { ++types["position"]; CHECK((ans == "left" || ans == "right")); }
                 else if (v.find("Which shape is the largest") != std::string::npos) { ++types["largest"]; CHECK(kShapeWords.count(ans)); }
                 else FAIL("unexpected question: " << v);
                 const auto named = [&](const std::string & prefix) {  // the word after prefix, up to ' ' or '?'
@@ -247,7 +247,7 @@ TEST_CASE("gen-shapes-dataset writes valid LLaVA data with every promised questi
             else if (cat == "position") CHECK((ans == "left" || ans == "right"));
             else FAIL("unknown category " << cat);
             // The answer follows from what the image holds (the record's "objects"). The referent is the
-            // word after "there a"/"there an"/"Is the": a shape, or a colour followed by "object".
+            // word after "there a"/"there an"/"Which side is the": a shape, or a colour followed by "object".
             const json & objs = q.at("objects");
             REQUIRE(objs.size() >= 1);
             auto referent = [&](const std::string & after) {
@@ -263,7 +263,7 @@ TEST_CASE("gen-shapes-dataset writes valid LLaVA data with every promised questi
                 const bool any = std::any_of(objs.begin(), objs.end(), [&](const json & o) { return matches(o, word); });
                 CHECK(ans == (any ? "yes" : "no"));
             } else if (cat == "position") {
-                const std::string word = referent("Is the ");
+                const std::string word = referent("Which side is the ");
                 CHECK(std::count_if(objs.begin(), objs.end(), [&](const json & o) { return matches(o, word); }) == 1);
                 for (const auto & o : objs) if (matches(o, word)) CHECK(o.at("side") == ans);
             } else if (cat == "count" && text.find("How many shapes") != std::string::npos) {
