@@ -2,7 +2,7 @@
 // router's share of the MoE time, for the given routers.
 //
 //   idamoe-moe-bench [--tokens 4096 --d-model 2048 --d-ff 5632 --experts 4 --top-k 2 --latent 32
-//                     --centers 16 --iters 3 --warmup 1 --routers ida,linear_aux]
+//                     --centers 16 --iters 3 --warmup 1 --routers ida,linear_aux --threads 2]
 //
 // What is timed (median over --iters interleaved rounds after --warmup, wall clock, this process's threads):
 //   dense   y = FFN(x); y.backward(dy)                                    x requires grad (backbone)
@@ -61,7 +61,7 @@ int main(int argc, char ** argv) {
     idamoe::core::tune_cpu_runtime(argv);
     CLI::App app{"idamoe-moe-bench: MoE layer vs dense FFN, forward+backward"};
     int64_t T = 4096, D = 2048, F = 5632, N = 4, K = 2, L = 32, M = 16;
-    int warmup = 1, iters = 3;
+    int warmup = 1, iters = 3, threads = 0;
     std::string routers = "ida,linear_aux", trace;
     bool flush_denormal = false;
     app.add_option("--tokens", T, "tokens per batch");
@@ -73,11 +73,13 @@ int main(int argc, char ** argv) {
     app.add_option("--centers", M, "IDA components per expert");
     app.add_option("--warmup", warmup);
     app.add_option("--iters", iters);
+    app.add_option("--threads", threads, "intra-op threads for ATen and OpenBLAS (0: leave the defaults, e.g. OMP_NUM_THREADS)");
     app.add_option("--routers", routers, "comma-separated router kinds");
     app.add_option("--trace", trace, "write chrome traces (legacy autograd profiler) of one router fwd+bwd and one MoE layer fwd+bwd per router");
     app.add_flag("--flush-denormal", flush_denormal, "set the CPU flush-denormal mode (torch.set_flush_denormal)");
     CLI11_PARSE(app, argc, argv);
     if (flush_denormal) at::globalContext().setFlushDenormal(true);
+    if (threads > 0) idamoe::core::set_compute_threads(threads);
 
     torch::manual_seed(0);
     std::printf("idamoe-moe-bench: T=%lld D=%lld F=%lld N=%lld k=%lld latent=%lld M=%lld threads=%d (torch %s)\n",
