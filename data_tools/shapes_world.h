@@ -260,9 +260,8 @@ inline std::optional<QA> ask(const Scene & s, const std::string & category, Rng 
     auto count_colour = [&](int c) { return std::count_if(sh.begin(), sh.end(), [&](const Shape & x) { return x.colour == c; }); };
     // An object whose shape and colour were both said (a "What shape is the red object?" answered
     // "circle") is not asked about again: "What colour is the circle?" would be answered by the text.
-    auto told = [&](const Shape & x) {
-        return said.find(kShapeNames[x.kind]) != std::string::npos && said.find(kColours[x.colour].name) != std::string::npos;
-    };
+    auto mentioned = [&](const std::string & word) { return said.find(word) != std::string::npos; };  // "circles" too
+    auto told = [&](const Shape & x) { return mentioned(kShapeNames[x.kind]) && mentioned(kColours[x.colour].name); };
     if (category == "colour") {
         std::vector<Shape> unique;
         for (const auto & x : sh) if (count_kind(x.kind) == 1 && !told(x)) unique.push_back(x);
@@ -291,8 +290,7 @@ inline std::optional<QA> ask(const Scene & s, const std::string & category, Rng 
         const int n_values = static_cast<int>(by_kind ? kShapeNames.size() : kColours.size());
         std::vector<int> pool;  // the kinds (colours) whose presence gives the drawn answer
         for (int v = 0; v < n_values; ++v) {
-            const std::string name = by_kind ? kShapeNames[v] : std::string(kColours[v].name);
-            if (said.find(name) != std::string::npos) continue;  // substring: catches plurals ("circles")
+            if (mentioned(by_kind ? kShapeNames[v] : std::string(kColours[v].name))) continue;
             if (((by_kind ? count_kind(v) : count_colour(v)) > 0) == yes) pool.push_back(v);
         }
         if (pool.empty()) return std::nullopt;

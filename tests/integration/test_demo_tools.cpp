@@ -57,6 +57,18 @@ std::map<std::string, std::string> tree(const fs::path & dir) {
     return out;
 }
 
+// The word after `prefix` in a question, up to ' ' or '?': the referent of "What colour is the circle?",
+// "Which side is the red object on?" and, with presence_referent's a/an choice, "Is there an orange object?".
+std::string word_after(const std::string & text, const std::string & prefix) {
+    const size_t at = text.find(prefix);
+    REQUIRE(at != std::string::npos);
+    const size_t b = at + prefix.size();
+    return text.substr(b, text.find_first_of(" ?", b) - b);
+}
+std::string presence_referent(const std::string & text) {
+    return word_after(text, text.find("there an ") != std::string::npos ? "there an " : "there a ");
+}
+
 const std::set<std::string> kColourWords = {"red", "green", "blue", "yellow", "purple", "orange"};
 const std::set<std::string> kShapeWords = {"circle", "square", "triangle", "cross"};
 
@@ -178,18 +190,14 @@ TEST_CASE("gen-shapes-dataset writes valid LLaVA data with every promised questi
                 else if (v.find("Which side is the") != std::string::npos) { ++types["position"]; CHECK((ans == "left" || ans == "right")); }
                 else if (v.find("Which shape is the largest") != std::string::npos) { ++types["largest"]; CHECK(kShapeWords.count(ans)); }
                 else FAIL("unexpected question: " << v);
-                const auto named = [&](const std::string & prefix) {  // the word after prefix, up to ' ' or '?'
-                    const size_t b = v.find(prefix) + prefix.size();
-                    return v.substr(b, v.find_first_of(" ?", b) - b);
-                };
                 const auto is_said = [&](const std::string & w) { return said.find(w) != std::string::npos; };
                 INFO("turn " << i / 2 << " '" << v << "' after '" << said << "'");
                 if (v.find("Is there a") != std::string::npos)
-                    CHECK_FALSE(is_said(named(v.find("Is there an ") != std::string::npos ? "Is there an " : "Is there a ")));
+                    CHECK_FALSE(is_said(presence_referent(v)));
                 if (v.find("What colour is the ") != std::string::npos)
-                    CHECK_FALSE((is_said(named("What colour is the ")) && is_said(ans)));
+                    CHECK_FALSE((is_said(word_after(v, "What colour is the ")) && is_said(ans)));
                 if (v.find("What shape is the ") != std::string::npos)
-                    CHECK_FALSE((is_said(named("What shape is the ")) && is_said(ans)));
+                    CHECK_FALSE((is_said(word_after(v, "What shape is the ")) && is_said(ans)));
                 said += v + " " + ans + "\n";
             }
         }
@@ -246,24 +254,18 @@ TEST_CASE("gen-shapes-dataset writes valid LLaVA data with every promised questi
             else if (cat == "presence") CHECK((ans == "yes" || ans == "no"));
             else if (cat == "position") CHECK((ans == "left" || ans == "right"));
             else FAIL("unknown category " << cat);
-            // The answer follows from what the image holds (the record's "objects"). The referent is the
-            // word after "there a"/"there an"/"Which side is the": a shape, or a colour followed by "object".
+            // The answer follows from what the image holds (the record's "objects"). The referent is a
+            // shape, or a colour followed by "object".
             const json & objs = q.at("objects");
             REQUIRE(objs.size() >= 1);
-            auto referent = [&](const std::string & after) {
-                const size_t at = text.find(after);
-                REQUIRE(at != std::string::npos);
-                const std::string rest = text.substr(at + after.size());
-                return rest.substr(0, rest.find_first_of(" ?"));
-            };
             auto matches = [&](const json & o, const std::string & word) { return o.at("shape") == word || o.at("colour") == word; };
             INFO("question " << text << " answer " << ans << " objects " << objs.dump());
             if (cat == "presence") {
-                const std::string word = referent(text.find("there an ") != std::string::npos ? "there an " : "there a ");
+                const std::string word = presence_referent(text);
                 const bool any = std::any_of(objs.begin(), objs.end(), [&](const json & o) { return matches(o, word); });
                 CHECK(ans == (any ? "yes" : "no"));
             } else if (cat == "position") {
-                const std::string word = referent("Which side is the ");
+                const std::string word = word_after(text, "Which side is the ");
                 CHECK(std::count_if(objs.begin(), objs.end(), [&](const json & o) { return matches(o, word); }) == 1);
                 for (const auto & o : objs) if (matches(o, word)) CHECK(o.at("side") == ans);
             } else if (cat == "count" && text.find("How many shapes") != std::string::npos) {
