@@ -252,7 +252,7 @@ struct QA {
 // there. Earlier turns only name what the image holds, so a later "Is there a circle?" after "How many
 // circles ...?" was "yes" 95% of the time: in the demo's data, 1409 of 1484 later-turn presence questions
 // naming a said attribute. The decoder learned that text shortcut, answered "yes" to ~80% of the held-out
-// (single-turn) presence questions and stayed at chance on them (README, "Question design").
+// (single-turn) presence questions and stayed at chance on them (docs/demo_notes.md).
 inline std::optional<QA> ask(const Scene & s, const std::string & category, Rng & rng, const std::string & said = "") {
     const auto & sh = s.shapes;
     if (sh.empty()) return std::nullopt;
@@ -284,17 +284,21 @@ inline std::optional<QA> ask(const Scene & s, const std::string & category, Rng 
     // Presence and position name one attribute, as the colour and shape questions do ("the circle", "the red
     // object"), so that every type asks the same kind of lookup. The conjunctive versions ("Is there a red
     // circle?", "Is the green triangle on the left ...?") were harder still for a decoder that, within the
-    // demo's few minutes, does not yet pick out even a singly named object (README, "Question design").
+    // demo's few minutes, does not yet pick out even a singly named object (docs/demo_notes.md).
     if (category == "presence") {  // "Is there a circle?" / "Is there a red object?", yes or no by coin
-        const bool by_kind = rng.coin(), yes = rng.coin();
+        const bool by_kind = rng.coin();
         const int n_values = static_cast<int>(by_kind ? kShapeNames.size() : kColours.size());
-        std::vector<int> pool;  // the kinds (colours) whose presence gives the drawn answer
+        std::array<std::vector<int>, 2> pool;  // [no, yes]: the unsaid kinds (colours) absent / present
         for (int v = 0; v < n_values; ++v) {
             if (mentioned(by_kind ? kShapeNames[v] : std::string(kColours[v].name))) continue;
-            if (((by_kind ? count_kind(v) : count_colour(v)) > 0) == yes) pool.push_back(v);
+            pool[(by_kind ? count_kind(v) : count_colour(v)) > 0].push_back(v);
         }
-        if (pool.empty()) return std::nullopt;
-        const int v = rng.pick(pool);
+        // Both answers must be possible before the coin decides: skipping only when the drawn answer's pool
+        // was empty made later turns "no" 87% of the time on one-object images (the object's attributes are
+        // usually said by then), and the decoder answered from the conversation and the object count.
+        if (pool[0].empty() || pool[1].empty()) return std::nullopt;
+        const bool yes = rng.coin();
+        const int v = rng.pick(pool[yes]);
         return QA{category, "Is there " + a_or_an(by_kind ? kShapeNames[v] : std::string(kColours[v].name) + " object") + "?",
                   yes ? "yes" : "no"};
     }
@@ -310,7 +314,7 @@ inline std::optional<QA> ask(const Scene & s, const std::string & category, Rng 
         const size_t i = static_cast<size_t>(rng.below(static_cast<int64_t>(refs.size())));
         // Not "Is the circle on the left or on the right?": with both answers in the question, copying one
         // of them competes with reading the object's column, and on the demo's data stage 2 read the side
-        // of a lone object (68-69/69) in 1 of 4 seeds; with this wording in 4 of 4 (README, "Question design").
+        // of a lone object (68-69/69) in 1 of 4 seeds; with this wording in 4 of 4 (docs/demo_notes.md).
         return QA{category, "Which side is " + refs[i] + " on?", sides[i]};
     }
     if (category == "largest") {

@@ -9,8 +9,8 @@
 // the decoder then never learned shape, or left/right, within the demo's budget. The trainer itself keeps
 // the tower frozen, as MoE-LLaVA does; this runs once, in make-tiny-models, on images of their own split
 // (gen-shapes-dataset --n-tower), and the linear head is thrown away. Position heads once looked harmful
-// (stage-2 shape 22.5% twice, with 1-3 QA turns per image; README, "Why shape failed before the tower was
-// pretrained"); with the demo's current data they are not (README, "Question design").
+// (stage-2 shape 22.5% twice, with 1-3 QA turns per image; docs/demo_notes.md, "Before the tower was
+// pretrained"); with the demo's current data they are not (docs/demo_notes.md).
 #pragma once
 
 #include "data/images.h"
