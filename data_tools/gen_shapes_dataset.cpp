@@ -154,20 +154,12 @@ int main(int argc, char ** argv) {
             Rng rng(idamoe::demo::stream_seed(a.seed, kInstruct, i));
             auto scene = idamoe::demo::sample_scene(rng, a.image_size, 1, a.grid, a.one_shape);
             write_png(out / "images/instruct" / image_name(i), idamoe::demo::render_scene(scene, rng), a.image_size);
-            std::vector<std::string> cats = idamoe::demo::kCategories;
-            for (size_t k = cats.size(); k > 1; --k) std::swap(cats[k - 1], cats[static_cast<size_t>(rng.below(static_cast<int64_t>(k)))]);
-            const int turns = 1 + static_cast<int>(rng.below(a.max_turns));
             json convs = json::array();
-            std::string said;  // the conversation so far, so that no question is answered by it (ask())
-            for (const auto & cat : cats) {
-                if (static_cast<int>(convs.size()) / 2 >= turns) break;
-                auto qa = idamoe::demo::ask(scene, cat, rng, said);
-                if (!qa) continue;
-                said += qa->question + " " + qa->answer + "\n";
-                std::string q = qa->question + "\n" + kShortAnswer;
+            for (const auto & qa : idamoe::demo::conversation(scene, rng, a.max_turns)) {
+                std::string q = qa.question + "\n" + kShortAnswer;
                 convs.push_back({{"from", "human"}, {"value", convs.empty() ? "<image>\n" + q : q}});
-                convs.push_back({{"from", "gpt"}, {"value", qa->answer}});
-                ++n_train_qa[cat];
+                convs.push_back({{"from", "gpt"}, {"value", qa.answer}});
+                ++n_train_qa[qa.category];
             }
             instruct.push_back({{"id", "instruct_" + std::to_string(i)},
                                 {"image", "instruct/" + image_name(i)},

@@ -1,4 +1,4 @@
-// defines: Rng, Shape, Scene, sample_scene, render_scene, caption_of, QA, ask, text_only_qa,
+// defines: Rng, Shape, Scene, sample_scene, render_scene, caption_of, QA, ask, conversation, text_only_qa,
 //          kColours, kShapeNames, kCategories
 //
 // The built-in demo's synthetic world: 1-3 flat shapes (circle, square, triangle, cross) in six
@@ -333,6 +333,24 @@ inline std::optional<QA> ask(const Scene & s, const std::string & category, Rng 
         return QA{category, "Which shape is the largest?", kShapeNames[by[0].kind]};
     }
     return std::nullopt;
+}
+
+// One instruction record's QA turns: the categories in random order, each asked at most once, until
+// 1..max_turns turns (drawn) are filled; every question sees the turns before it (ask()'s `said`).
+inline std::vector<QA> conversation(const Scene & s, Rng & rng, int max_turns) {
+    std::vector<std::string> cats = kCategories;
+    for (size_t k = cats.size(); k > 1; --k) std::swap(cats[k - 1], cats[static_cast<size_t>(rng.below(static_cast<int64_t>(k)))]);
+    const size_t turns = 1 + static_cast<size_t>(rng.below(max_turns));
+    std::vector<QA> out;
+    std::string said;
+    for (const auto & cat : cats) {
+        if (out.size() >= turns) break;
+        auto qa = ask(s, cat, rng, said);
+        if (!qa) continue;
+        said += qa->question + " " + qa->answer + "\n";
+        out.push_back(*qa);
+    }
+    return out;
 }
 
 // Text-only instruction data (the role of MoE-LLaVA's nlp_tune.json), with single-word answers.

@@ -141,24 +141,16 @@ TEST_CASE("shapes world: the grid layout puts each shape inside its own patch ce
 }
 
 TEST_CASE("shapes world: a presence answer follows neither the conversation nor the object count", "[demo]") {
-    // Conversations as gen-shapes-dataset draws them (every category once, in random order, up to 6 turns).
+    // Conversations as gen-shapes-dataset draws them (shapes_world.h conversation(), up to 6 turns).
     // "yes" must stay near half in every (objects, first turn or later) cell: when a drawn answer whose pool
     // was empty only skipped the question, later turns on one-object images were "no" 87% of the time.
     std::map<std::pair<size_t, bool>, std::array<int, 2>> answers;  // (objects, later turn) -> [yes, no]
-    for (uint64_t i = 0; i < 6000; ++i) {
+    for (uint64_t i = 0; i < 12000; ++i) {
         idamoe::demo::Rng rng(idamoe::demo::stream_seed(13, 2, i));
         const auto s = idamoe::demo::sample_scene(rng, 56, 1, 4);
-        std::vector<std::string> cats = idamoe::demo::kCategories;
-        for (size_t k = cats.size(); k > 1; --k) std::swap(cats[k - 1], cats[static_cast<size_t>(rng.below(static_cast<int64_t>(k)))]);
-        std::string said;
-        bool later = false;
-        for (const auto & cat : cats) {
-            const auto qa = idamoe::demo::ask(s, cat, rng, said);
-            if (!qa) continue;
-            if (cat == "presence") ++answers[{s.shapes.size(), later}][qa->answer == "yes" ? 0 : 1];
-            said += qa->question + " " + qa->answer + "\n";
-            later = true;
-        }
+        const auto turns = idamoe::demo::conversation(s, rng, 6);
+        for (size_t t = 0; t < turns.size(); ++t)
+            if (turns[t].category == "presence") ++answers[{s.shapes.size(), t > 0}][turns[t].answer == "yes" ? 0 : 1];
     }
     REQUIRE(answers.size() == 6);
     for (const auto & [key, yn] : answers) {
