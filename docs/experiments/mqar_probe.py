@@ -7,11 +7,15 @@ in plain PyTorch so the result does not depend on idamoe's code. A sequence is 6
 a separator, then the same keys in shuffled order, each followed by its value; the loss and the accuracy are on
 the values only. Guessing one of the six values in the context scores ~17%; lookup scores ~100%.
 
-    /usr/bin/python3 docs/experiments/mqar_probe.py LR STEPS [LAYERS]
+    /usr/bin/python3 docs/experiments/mqar_probe.py LR STEPS [LAYERS [MIMETIC]]
+
+MIMETIC in (0, 1] starts each query head's W_q as MIMETIC * (its KV group's W_k) + sqrt(1 - MIMETIC^2) * (its
+random W_q), so that q.k is partly a similarity of the two tokens at init (mimetic initialization,
+Trockman & Kolter 2023, arXiv 2305.09828).
 
 Measured on the 2-core machine (Debian torch 1.13, batch 32, warm-up 30 steps then cosine, clip 1.0), held-out
 accuracy: 4 layers, 1000 steps: 29.5% (lr 2e-3), 29% (5e-3), 32% (5e-4); 2 layers, lr 2e-3: 42.7% after 1000
-steps, 46% after 3000 (185 s).
+steps, 46% after 3000 (185 s); 4 layers, lr 2e-3, MIMETIC 0.7: 36% after 500 steps, 91% after 1000.
 """
 import math
 import sys
@@ -101,12 +105,24 @@ def batch(B):
     return x, query_pos
 
 
+def mimetic(model, mix):
+    hd, rep = D // HEADS, HEADS // KV_HEADS
+    with torch.no_grad():
+        for layer in model.layers:
+            for h in range(HEADS):
+                g = h // rep
+                layer.q.weight[h * hd:(h + 1) * hd] = (mix * layer.k.weight[g * hd:(g + 1) * hd] +
+                                                       math.sqrt(1 - mix * mix) * layer.q.weight[h * hd:(h + 1) * hd])
+
+
 def main():
     lr, steps = float(sys.argv[1]), int(sys.argv[2])
     layers = int(sys.argv[3]) if len(sys.argv) > 3 else 4
     torch.manual_seed(0)
     torch.set_num_threads(2)
     model = Decoder(layers)
+    if len(sys.argv) > 4:
+        mimetic(model, float(sys.argv[4]))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     t0 = time.time()
     for step in range(1, steps + 1):
