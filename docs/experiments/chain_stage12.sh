@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# chain_stage12.sh NAME LLMDIR [stage-2 --set ...]: stage 1 + stage 2 + image eval on E2's data with another LLM
+# chain_stage12.sh NAME LLMDIR [stage-2 --set ...]: stage 1 + stage 2 + image eval on a finished demo run's data (IDAMOE_DEMO_DIR) with another LLM
 set -euo pipefail
 NAME=$1; LLM=$2; shift 2
 R=$(cd "$(dirname "$0")/../.." && pwd); B=$R/build; CFG=$R/configs/demo; D=${WORK:-/tmp/lead}/$NAME; mkdir -p $D

@@ -17,4 +17,4 @@ for i in range(c['num_hidden_layers']):
     for hh in range(H):
         g=hh//(H//G); q[hh*hd:(hh+1)*hd]=mix*k[g*hd:(g+1)*hd]+np.sqrt(1-mix*mix)*q[hh*hd:(hh+1)*hd]
     put(f'model.layers.{i}.self_attn.q_proj.weight',q)
-open(dst+'/model.safetensors','wb').write(struct.pack('<Q',n)+json.dumps(h).encode().ljust(n)[:n] if False else open(src+'/model.safetensors','rb').read(8+n)+bytes(data))
+open(dst + '/model.safetensors', 'wb').write(open(src + '/model.safetensors', 'rb').read(8 + n) + bytes(data))  # same header, new bytes
