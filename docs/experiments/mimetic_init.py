@@ -2,19 +2,37 @@
 MIX * its KV group's W_k + sqrt(1 - MIX^2) * its random W_q (Trockman & Kolter 2023, arXiv 2305.09828).
   mimetic_init.py SRC_DIR DST_DIR MIX
 """
-import json,struct,sys,os,shutil,numpy as np
-src,dst,mix=sys.argv[1],sys.argv[2],float(sys.argv[3]); os.makedirs(dst,exist_ok=True)
-for t in os.listdir(src):
-    if t!='model.safetensors': shutil.copy(src+'/'+t,dst+'/'+t)
-f=open(src+'/model.safetensors','rb'); n=struct.unpack('<Q',f.read(8))[0]; h=json.loads(f.read(n)); data=bytearray(f.read())
-c=json.load(open(src+'/config.json')); H=c['num_attention_heads']; G=c['num_key_value_heads']; D=c['hidden_size']; hd=D//H
-def get(k):
-    a,b=h[k]['data_offsets']; return np.frombuffer(bytes(data[a:b]),dtype=np.float32).reshape(h[k]['shape']).copy()
-def put(k,v):
-    a,b=h[k]['data_offsets']; data[a:b]=v.astype(np.float32).tobytes()
-for i in range(c['num_hidden_layers']):
-    q=get(f'model.layers.{i}.self_attn.q_proj.weight'); k=get(f'model.layers.{i}.self_attn.k_proj.weight')
-    for hh in range(H):
-        g=hh//(H//G); q[hh*hd:(hh+1)*hd]=mix*k[g*hd:(g+1)*hd]+np.sqrt(1-mix*mix)*q[hh*hd:(hh+1)*hd]
-    put(f'model.layers.{i}.self_attn.q_proj.weight',q)
-open(dst + '/model.safetensors', 'wb').write(open(src + '/model.safetensors', 'rb').read(8 + n) + bytes(data))  # same header, new bytes
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+
+import safetensors_io
+
+src, dst, mix = sys.argv[1], sys.argv[2], float(sys.argv[3])
+os.makedirs(dst, exist_ok=True)
+for name in os.listdir(src):
+    if name != "model.safetensors":
+        shutil.copy(os.path.join(src, name), os.path.join(dst, name))
+tensors, metadata = safetensors_io.read(os.path.join(src, "model.safetensors"))
+c = json.load(open(os.path.join(src, "config.json")))
+H, G = c["num_attention_heads"], c["num_key_value_heads"]
+hd = c["hidden_size"] // H
+
+
+def array(name):
+    dtype, shape, raw = tensors[name]
+    assert dtype == "F32", f"{name}: expected F32, got {dtype}"
+    return np.frombuffer(raw, dtype=np.float32).reshape(shape).copy()
+
+
+for i in range(c["num_hidden_layers"]):
+    p = f"model.layers.{i}.self_attn."
+    q, k = array(p + "q_proj.weight"), array(p + "k_proj.weight")
+    for h in range(H):
+        g = h // (H // G)
+        q[h * hd:(h + 1) * hd] = mix * k[g * hd:(g + 1) * hd] + np.sqrt(1 - mix * mix) * q[h * hd:(h + 1) * hd]
+    tensors[p + "q_proj.weight"] = ("F32", list(q.shape), q.tobytes())
+safetensors_io.write(os.path.join(dst, "model.safetensors"), tensors, metadata)

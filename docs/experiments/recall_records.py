@@ -1,8 +1,6 @@
 """Word-pair recall records (runs M1, MM1, MM2): pairs in the human turn, the same keys queried back in
 shuffled order in the answer.   recall_records.py OUT.json N SEED
 """
-# Multi-query associative recall in the world's words: pairs in the human turn, the same pairs
-# queried in shuffled order in the answer (every second answer token is a lookup).
 import json, random, sys
 out, n, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]); random.seed(seed)
 W=["red","green","blue","yellow","purple","orange","circle","square","triangle","cross","small","medium","large","left","right","middle","one","two","three","yes","no"]

@@ -3,7 +3,6 @@ demo's questions. Python re-statement of data_tools/shapes_world.h ask() for an 
   text_scenes.py OUT.json N SEED MAX_TURNS            training records (LLaVA JSON, text only)
   text_scenes.py OUT.jsonl N SEED 1 eval              single-turn question JSONL with answers
 """
-# Text scenes: the scene in caption words instead of an image, then the demo's questions (multi-turn).
 import json, random, sys
 out, n, seed, turns_max = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 eval_mode = len(sys.argv) > 5
@@ -52,7 +51,7 @@ def ask(objs,cat,said):
         b=sorted(objs,key=lambda o:-o['s'])
         if b[0]['s']==b[1]['s']: return None
         return "Which shape is the largest?", SH[b[0]['k']]
-recs=[]; qid=0
+recs=[]
 cats=["colour","shape","count","presence","position","largest"]
 while len(recs)<n:
     objs=scene(); cap=caption(objs)
@@ -66,7 +65,7 @@ while len(recs)<n:
         qa=ask(objs,c,said)
         if not qa: continue
         said+=qa[0]+" "+qa[1]+"\n"
-        conv+= [dict(({"from":"human","value":(cap+"\n" if not conv else "")+qa[0]+SUF}).items()), {"from":"gpt","value":qa[1]}]
+        conv+= [{"from":"human","value":(cap+"\n" if not conv else "")+qa[0]+SUF}, {"from":"gpt","value":qa[1]}]
     if conv: recs.append({"id":f"ts_{len(recs)}","conversations":conv})
 if eval_mode:
     with open(out,"w") as f:
