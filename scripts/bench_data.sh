@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Data-pipeline benchmark, one run, same files for both sides:
 #   1. images/s/core for JPEG decode + CLIP-336 preprocessing (shortest side 336, bicubic, centre crop,
-#      normalise) on N generated 640x480 JPEGs: idamoe (stb_image + PIL-exact resize, C++) next to
+#      normalise) on N generated 640x480 JPEGs: idamoe (libjpeg-turbo + PIL-exact resize, C++) next to
 #      Pillow + numpy (/usr/bin/python3) doing the HF CLIPImageProcessor recipe. Both single-threaded.
 #   2. Tokenizer MB/s (Qwen2 byte-level BPE fixture) on a ~MB-megabyte JSONL text file via idamoe-tokenize.
 # Usage: scripts/bench_data.sh [N_IMAGES=200] [TEXT_MB=20]    (BUILD_DIR defaults to build/)

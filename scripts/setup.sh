@@ -9,7 +9,8 @@ PKGS=(
   libtorch-dev libgloo-dev               # LibTorch 1.13 (CPU) + c10d Gloo headers
   libopenblas0-pthread                   # Debian's LibTorch calls the system BLAS; reference BLAS is ~40x slower
   libsentencepiece-dev sentencepiece     # SentencePiece tokenizers (+ trainer for the demo)
-  libstb-dev                             # stb_image / stb_image_write
+  libstb-dev                             # stb_image (PNG, BMP, GIF) / stb_image_write
+  libjpeg62-turbo-dev                    # JPEG: libjpeg-turbo, the decoder Pillow uses (bit-identical pixels)
   nlohmann-json3-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev catch2
   libpcre2-dev libutf8proc-dev           # byte-level BPE pre-tokenizer regex, NFC normalisation
   openmpi-bin libopenmpi-dev             # mpirun launches

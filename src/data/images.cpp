@@ -4,6 +4,8 @@
 // Legend: src = decoded RGB image (H×W×3 uint8), tmp = horizontal-pass output, out = float CHW.
 #include "data/images.h"
 
+#include "data/jpeg.h"
+
 #include <nlohmann/json.hpp>
 
 #include <cmath>
@@ -18,7 +20,6 @@
 #define STB_IMAGE_STATIC
 #define STB_IMAGE_IMPLEMENTATION
 #define STBI_NO_STDIO
-#define STBI_ONLY_JPEG
 #define STBI_ONLY_PNG
 #define STBI_ONLY_BMP
 #define STBI_ONLY_GIF
@@ -147,14 +148,6 @@ void resize_window(const RgbImage & src, int out_w, int out_h, int cx0, int cy0,
     }
 }
 
-bool ends_with_jpeg_eoi(const uint8_t * data, size_t n) {
-    // Some writers append padding or metadata after EOI; accept an FF D9 in the last 4 KiB.
-    size_t from = n > 4096 ? n - 4096 : 0;
-    for (size_t i = n; i-- > from + 1;)
-        if (data[i - 1] == 0xFF && data[i] == 0xD9) return true;
-    return false;
-}
-
 }  // namespace
 
 ImageProcessorConfig ImageProcessorConfig::clip336(bool pad) {
@@ -208,49 +201,35 @@ ImageProcessorConfig ImageProcessorConfig::from_dir(const std::string & dir, boo
     return c;
 }
 
-// stb_image 2.27 (Debian's libstb-dev) trusts a DHT segment's 16 code counts: their sum may reach 4080
-// and stbi__build_huffman then writes past its 257-entry size table (found by fuzz_image). Every
-// FF C4 (DHT) marker in the file is parsed exactly the way stb parses it (bytes past the end read as
-// 0, as stbi__get8 does) and any table with more than 256 codes is refused before stb sees the file.
-// Checking every FF C4, not only those a marker walk reaches, follows stb wherever its own marker
-// search resynchronises; a stray FF C4 inside APP/COM payload can only make us stricter.
-static bool jpeg_huffman_tables_valid(const uint8_t * d, size_t n) {
-    auto at = [&](size_t p) -> int { return p < n ? d[p] : 0; };
-    for (size_t i = 1; i + 1 < n; ++i) {
-        if (d[i] != 0xFF || d[i + 1] != 0xC4) continue;
-        size_t p = i + 2;
-        long L = ((at(p) << 8) | at(p + 1)) - 2;
-        p += 2;
-        while (L > 0) {
-            ++p;  // table class / id byte
-            long codes = 0;
-            for (int k = 0; k < 16; ++k) codes += at(p++);
-            if (codes > 256) return false;
-            L -= 17;
-            p += static_cast<size_t>(codes);
-            L -= codes;
-        }
-    }
-    return true;
-}
-
 RgbImage decode_image_memory(const uint8_t * data, size_t n, const std::string & name, const ImageLimits & limits) {
     if (n == 0) throw ImageError(name + ": empty file (0 bytes)");
     if (n > static_cast<size_t>(INT32_MAX)) throw ImageError(name + ": file too large");
-    // Before any stb call: stbi_info_from_memory already parses DHT segments. stb accepts fill bytes
-    // before SOI (FF FF .. D8), so anything starting with FF may be a JPEG to it.
-    if (n >= 2 && data[0] == 0xFF && !jpeg_huffman_tables_valid(data, n))
-        throw ImageError(name + ": corrupt JPEG (bad Huffman table)");
+    auto too_large = [&](int64_t w, int64_t h) {
+        return ImageError(name + ": image dimensions " + std::to_string(w) + "x" + std::to_string(h) +
+                          " exceed the limit (" + std::to_string(limits.max_side) + " per side, " +
+                          std::to_string(limits.max_pixels) + " pixels)");
+    };
+    // JPEG (SOI marker first) goes to libjpeg-turbo, as in Pillow; stb_image is built without its
+    // JPEG decoder, so no file reaches it, whatever stb's own format sniffing would make of it.
+    if (n >= 2 && data[0] == 0xFF && data[1] == 0xD8) {
+        detail::JpegResult jpeg;
+        char error[256] = {0};
+        if (!detail::decode_jpeg_memory(data, n, limits.max_side, limits.max_pixels, jpeg, error, sizeof error)) {
+            if (std::string(error) == "dimensions") throw too_large(jpeg.width, jpeg.height);
+            throw ImageError(name + ": corrupt or truncated JPEG (libjpeg: " + error + ")");
+        }
+        RgbImage img;
+        img.width = jpeg.width;
+        img.height = jpeg.height;
+        img.pixels = std::move(jpeg.pixels);
+        return img;
+    }
     int w = 0, h = 0, comp = 0;
     if (!stbi_info_from_memory(data, static_cast<int>(n), &w, &h, &comp))
         throw ImageError(name + ": not a decodable JPEG/PNG/BMP/GIF image (" + stbi_failure_reason() + ")");
     if (w <= 0 || h <= 0 || w > limits.max_side || h > limits.max_side ||
         static_cast<int64_t>(w) * h > limits.max_pixels)
-        throw ImageError(name + ": image dimensions " + std::to_string(w) + "x" + std::to_string(h) +
-                         " exceed the limit (" + std::to_string(limits.max_side) + " per side, " +
-                         std::to_string(limits.max_pixels) + " pixels)");
-    if (n >= 2 && data[0] == 0xFF && data[1] == 0xD8 && !ends_with_jpeg_eoi(data, n))
-        throw ImageError(name + ": truncated JPEG (no end-of-image marker)");
+        throw too_large(w, h);
     int cw = 0, ch = 0, cc = 0;
     stbi_uc * px = stbi_load_from_memory(data, static_cast<int>(n), &cw, &ch, &cc, 3);
     if (!px) throw ImageError(name + ": corrupt image (" + stbi_failure_reason() + ")");

@@ -2,8 +2,9 @@
 //          decode_image_memory, expand_to_square, resize_bicubic, preprocess_image, blank_image,
 //          image_token_count
 //
-// Image decoding (stb_image: JPEG, PNG, BMP, GIF first frame; gray / gray+alpha / RGBA → RGB by
-// dropping alpha, as PIL's convert("RGB")) and the Hugging Face CLIP / SigLIP processor recipe
+// Image decoding (JPEG: libjpeg-turbo, Pillow's decoder, bit-identical pixels, CMYK as Pillow converts
+// it; PNG, BMP, GIF first frame: stb_image; gray / gray+alpha / RGBA → RGB by dropping alpha, as PIL's
+// convert("RGB")) and the Hugging Face CLIP / SigLIP processor recipe
 // (moe_llava_protocol.md §5):
 //   pad_to_square: LLaVA expand2square, canvas side max(w,h), image at ((side-w)//2, (side-h)//2),
 //                  background int(mean*255) per channel;
@@ -57,7 +58,8 @@ struct RgbImage {
 };
 
 // Throws ImageError naming the file for: unreadable, zero-byte, not an image / unsupported format,
-// corrupt, truncated JPEG (no end-of-image marker), dimensions above `limits`.
+// corrupt, truncated (libjpeg runs out of data; as Pillow, no partial image), more than 500
+// progressive JPEG scans (a decode-time bomb), dimensions above `limits`.
 RgbImage decode_image_file(const std::string & path, const ImageLimits & limits = {});
 RgbImage decode_image_memory(const uint8_t * data, size_t n, const std::string & name, const ImageLimits & limits = {});
 

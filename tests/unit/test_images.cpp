@@ -75,7 +75,6 @@ TEST_CASE("images: decode + CLIP/SigLIP preprocessing match Pillow + HF recipe",
             auto x_CHW = preprocess_image(img, p);
             REQUIRE(x_CHW.sizes() == torch::IntArrayRef({3, p.size, p.size}));
             auto ref = read_npy(fixture_path("images/ref_" + name + ".npy"));
-            bool jpeg = c["file"].get<std::string>().find(".jpg") != std::string::npos;
             if (c["stored"] == "float32_chw") {
                 double err = (x_CHW - ref).abs().max().item<double>();
                 INFO(name << ": max |ours - PIL| after normalisation = " << err);
@@ -84,18 +83,25 @@ TEST_CASE("images: decode + CLIP/SigLIP preprocessing match Pillow + HF recipe",
                 auto diff = (to_pixels_HWC(x_CHW, p).to(torch::kInt32) - ref.to(torch::kInt32)).abs();
                 int max_diff = diff.max().item<int>();
                 double mean_diff = diff.to(torch::kFloat64).mean().item<double>();
-                if (jpeg) {
-                    // stb_image's JPEG decoder (IDCT, chroma upsampling) is not libjpeg's: pixels
-                    // differ slightly before any resizing. Reported, bounded loosely.
-                    WARN(name << ": stb_image vs libjpeg+PIL: max " << max_diff << ", mean " << mean_diff << " levels");
-                    CHECK(mean_diff < 2.0);
-                    CHECK(max_diff <= 24);
-                } else {
-                    INFO(name << ": max |ours - PIL| = " << max_diff << " levels, mean " << mean_diff);
-                    CHECK(max_diff == 0);
-                }
+                INFO(name << ": max |ours - PIL| = " << max_diff << " levels, mean " << mean_diff);
+                CHECK(max_diff == 0);
             }
         }
+    }
+}
+
+TEST_CASE("images: JPEG decodes bit-identically to Pillow (baseline, progressive, 4:4:4, gray, CMYK)", "[data][images]") {
+    // Both go through libjpeg-turbo with its default IDCT and fancy upsampling; CMYK through Pillow's
+    // inverted-CMYK raw mode and its cmyk2rgb rounding.
+    for (const char * f : {"photo.jpg", "progressive.jpg", "yuv444.jpg", "gray.jpg", "cmyk.jpg"}) {
+        INFO(f);
+        auto img = decode_image_file(fixture_path(std::string("images/") + f));
+        std::string stem(f);
+        stem.replace(stem.find('.'), 1, "_");
+        auto ref_HWC = read_npy(fixture_path("images/dec_" + stem + ".npy"));
+        REQUIRE(ref_HWC.sizes() == torch::IntArrayRef({img.height, img.width, 3}));
+        auto ours_HWC = torch::from_blob(img.pixels.data(), {img.height, img.width, 3}, torch::kUInt8);
+        CHECK((ours_HWC.to(torch::kInt32) - ref_HWC.to(torch::kInt32)).abs().max().item<int>() == 0);
     }
 }
 
@@ -138,6 +144,11 @@ TEST_CASE("images: corrupt, truncated, empty, huge and non-image files throw Ima
     ImageLimits tight;
     tight.max_side = 100;
     CHECK_THROWS_WITH(decode_image_file(fixture_path("images/big.png"), tight), Catch::Contains("exceed"));
+    CHECK_THROWS_WITH(decode_image_file(fixture_path("images/photo.jpg"), tight),
+                      Catch::Contains("photo.jpg") && Catch::Contains("320x240") && Catch::Contains("exceed"));
+    // 601 scans: refused at the 501st instead of decoding every repeated scan (Pillow decodes them all).
+    CHECK_THROWS_WITH(decode_image_file(fixture_path("images/many_scans.jpg")),
+                      Catch::Contains("many_scans.jpg") && Catch::Contains("more than 500 progressive scans"));
 }
 
 TEST_CASE("images: blank image and token counts", "[data][images]") {
