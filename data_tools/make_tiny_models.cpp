@@ -39,6 +39,10 @@ struct LlmArgs {
     // longer, and in the demo the decoder did not start reading the image within stage 2 (held-out colour
     // accuracy 19% after 3000 steps with 0.02, 69% with 1/sqrt(128) = 0.088; chance 17%).
     double init_std = 0.0;
+    // Mimetic attention init (Trockman & Kolter 2023, arXiv 2305.09828): each query head's W_q becomes
+    // mimetic * its KV group's W_k + sqrt(1 - mimetic^2) * its random W_q, so q.k starts as a token
+    // similarity. 0: plain random. docs/demo_notes.md: on word-pair recall 89% vs 16% after the same steps.
+    double mimetic = 0.0;
 };
 
 // HF-style init (normal, zero biases, unit norm weights) with initializer_range 0.02 (CLIPVisionConfig
@@ -155,6 +159,15 @@ int64_t make_qwen2(const fs::path & dir, const LlmArgs & a, const fs::path & tok
         t[p + "self_attn.q_proj.bias"] = torch::zeros({D});
         t[p + "self_attn.k_proj.weight"] = normal({kv, D}, sd);
         t[p + "self_attn.k_proj.bias"] = torch::zeros({kv});
+        if (a.mimetic > 0) {  // q rows of head h <- its group's k rows (h / (heads / kv_heads))
+            auto & q = t[p + "self_attn.q_proj.weight"];
+            const auto & k = t[p + "self_attn.k_proj.weight"];
+            const int64_t per_group = a.heads / a.kv_heads;
+            for (int64_t h = 0; h < a.heads; ++h) {
+                const int64_t g = h / per_group;
+                q.slice(0, h * hd, (h + 1) * hd).mul_(std::sqrt(1.0 - a.mimetic * a.mimetic)).add_(k.slice(0, g * hd, (g + 1) * hd), a.mimetic);
+            }
+        }
         t[p + "self_attn.v_proj.weight"] = normal({kv, D}, sd);
         t[p + "self_attn.v_proj.bias"] = torch::zeros({kv});
         t[p + "self_attn.o_proj.weight"] = normal({D, D}, sd);
@@ -237,6 +250,10 @@ int main(int argc, char ** argv) {
     app.add_option("--pretrain-batch", pt.batch, "Tower pretraining: images per step")->check(CLI::PositiveNumber);
     app.add_option("--pretrain-lr", pt.lr, "Tower pretraining: Adam learning rate")->check(CLI::PositiveNumber);
     app.add_flag("--pretrain-position", pt.position, "Tower pretraining: also teach every token its column and row");
+    app.add_flag("--pretrain-scene", pt.scene, "Tower pretraining: also teach every token which shapes and colours the image "
+                 "holds, and how many of each shape");
+    app.add_option("--llm-mimetic", l.mimetic, "LLM: mimetic attention init, W_q = MIX * W_k(group) + sqrt(1 - MIX^2) * W_q (0: off)")
+        ->check(CLI::Range(0.0, 1.0));
     app.add_option("--llm-init-std", l.init_std, "LLM: std of the normal init of linear and embedding weights (initializer_range); <= 0: 1/sqrt(width)");
     CLI11_PARSE(app, argc, argv);
 
@@ -258,8 +275,12 @@ int main(int argc, char ** argv) {
             const auto t1 = std::chrono::steady_clock::now();
             const auto r = idamoe::demo::pretrain_tower(tower, proc, pt);
             save(dir, idamoe::io::module_state(*tower));
-            char column[32] = "";
-            if (pt.position) std::snprintf(column, sizeof column, ", column %.1f%%", 100 * r.column);
+            char column[160] = "";
+            int used = 0;
+            if (pt.position) used = std::snprintf(column, sizeof column, ", column %.1f%%", 100 * r.column);
+            if (pt.scene)
+                std::snprintf(column + used, sizeof column - used, "; all tokens: scene presence %.1f%% (all absent: %.1f%%), shape counts %.1f%% (all 0: %.1f%%)",
+                              100 * r.scene_presence, 100 * r.scene_presence_floor, 100 * r.scene_count, 100 * r.scene_count_floor);
             std::printf("make-tiny-models: tower pretrained on %lld images, %lld steps x %lld (%.1f s, final loss %.3f); "
                         "held-out %lld images, object tokens: shape %.1f%%, colour %.1f%%, size %.1f%%%s\n",
                         static_cast<long long>(r.train_images), static_cast<long long>(pt.steps), static_cast<long long>(pt.batch),

@@ -40,13 +40,20 @@ struct TowerPretrainOptions {
     uint64_t seed = 0;
     double holdout = 0.1;       // last fraction of the images: reported, never trained on
     bool position = false;      // also column and row heads on every token (where CLIP features say "where")
+    bool scene = false;         // also, on every token, which shapes and colours the whole image holds and
+                                // how many of each shape (CLIP patch tokens carry image-level content too)
 };
 
 struct TowerPretrainReport {
     int64_t train_images = 0, heldout_images = 0;
     // accuracy on the held-out images' object tokens
     double shape = 0, colour = 0, size = 0, column = 0, final_loss = 0;
+    double scene_presence = 0, scene_count = 0;  // all tokens, all attributes / all shapes (with `scene`)
+    double scene_presence_floor = 0, scene_count_floor = 0;  // the same for "absent" / "0" everywhere
 };
+
+// Scenes hold at most 3 objects (shapes_world.h), so a per-shape count is 0..3.
+constexpr int64_t kMaxSceneCount = 3;
 
 namespace detail {
 inline int64_t index_of(const std::vector<std::string> & names, const std::string & v, const std::string & where) {
@@ -76,6 +83,8 @@ inline TowerPretrainReport pretrain_tower(model::VisionTower & tower, const data
     if (!in) throw std::runtime_error(o.labels + ": cannot read");
     std::vector<torch::Tensor> pixels;
     std::vector<int64_t> y_shape, y_colour, y_size;
+    std::vector<float> y_present;   // per image: S + C, 1 where the image holds that shape / colour
+    std::vector<int64_t> y_count;   // per image: S, how many of that shape (0 .. kMaxSceneCount)
     std::string line;
     for (int64_t lineno = 1; std::getline(in, line); ++lineno) {
         if (line.empty()) continue;
@@ -102,6 +111,12 @@ inline TowerPretrainReport pretrain_tower(model::VisionTower & tower, const data
             c[t] = detail::index_of(colours, ob.at("colour").get<std::string>(), where);
             z[t] = detail::index_of(sizes, ob.at("size").get<std::string>(), where);
         }
+        std::vector<float> present(S + C, 0.0f);
+        std::vector<int64_t> count(S, 0);
+        for (int64_t t = 0; t < T; ++t)
+            if (s[t] < S) present[s[t]] = 1.0f, present[S + c[t]] = 1.0f, count[s[t]] = std::min<int64_t>(count[s[t]] + 1, kMaxSceneCount);
+        y_present.insert(y_present.end(), present.begin(), present.end());
+        y_count.insert(y_count.end(), count.begin(), count.end());
         y_shape.insert(y_shape.end(), s.begin(), s.end());
         y_colour.insert(y_colour.end(), c.begin(), c.end());
         y_size.insert(y_size.end(), z.begin(), z.end());
@@ -113,12 +128,15 @@ inline TowerPretrainReport pretrain_tower(model::VisionTower & tower, const data
     const torch::Tensor X_NCHW = torch::stack(pixels);
     const torch::Tensor ys_NT = torch::tensor(y_shape).view({N, T}), yc_NT = torch::tensor(y_colour).view({N, T}),
                         yz_NT = torch::tensor(y_size).view({N, T});
+    const torch::Tensor yp_NP = torch::tensor(y_present).view({N, S + C}), yn_NS = torch::tensor(y_count).view({N, S});
 
     // ---- the run: one linear head over the selected layer's patch tokens, three cross-entropies ----
     torch::AutoGradMode grad(true);
     torch::manual_seed(o.seed);
     for (auto & p : tower->parameters()) p.set_requires_grad(true);
-    const int64_t D = tower->hidden_size(), K = (S + 1) + (C + 1) + (Z + 1) + (o.position ? 2 * G : 0);
+    const int64_t K_cell = (S + 1) + (C + 1) + (Z + 1) + (o.position ? 2 * G : 0);
+    const int64_t K_scene = o.scene ? (S + C) + S * (kMaxSceneCount + 1) : 0;
+    const int64_t D = tower->hidden_size(), K = K_cell + K_scene;
     torch::nn::Linear head(D, K);
     std::vector<torch::Tensor> params = tower->parameters();
     for (auto & p : head->parameters()) params.push_back(p);
@@ -128,7 +146,7 @@ inline TowerPretrainReport pretrain_tower(model::VisionTower & tower, const data
     const size_t n_heads = o.position ? 5 : 3;
     const std::array<int64_t, 6> edge = {0, S + 1, S + C + 2, S + C + Z + 3, S + C + Z + 3 + G, S + C + Z + 3 + 2 * G};
     const torch::Tensor column_T = torch::arange(T, torch::kLong).remainder(G), row_T = torch::arange(T, torch::kLong).div(G, "floor");
-    auto losses = [&](const torch::Tensor & idx_B, std::array<double, 4> * acc) {
+    auto losses = [&](const torch::Tensor & idx_B, std::array<double, 4> * acc, std::array<double, 4> * scene_acc) {
         const int64_t B = idx_B.size(0);
         const torch::Tensor logits_BTK = head(tower->features(X_NCHW.index_select(0, idx_B), o.select_layer, "patch"));
         const std::vector<torch::Tensor> y = {ys_NT.index_select(0, idx_B), yc_NT.index_select(0, idx_B),
@@ -143,12 +161,26 @@ inline TowerPretrainReport pretrain_tower(model::VisionTower & tower, const data
                 (*acc)[h] = hit_BT.masked_select(object_BT).mean().item<double>();
             }
         }
+        if (o.scene) {  // every token says what the whole image holds: logits [K_cell, K)
+            const torch::Tensor present_BTP = logits_BTK.slice(2, K_cell, K_cell + S + C);
+            const torch::Tensor y_BTP = yp_NP.index_select(0, idx_B).unsqueeze(1).expand_as(present_BTP);
+            loss = loss + torch::nn::functional::binary_cross_entropy_with_logits(present_BTP, y_BTP) * (S + C);
+            const torch::Tensor count_BTSk = logits_BTK.slice(2, K_cell + S + C, K).reshape({B, T, S, kMaxSceneCount + 1});
+            const torch::Tensor yn_BTS = yn_NS.index_select(0, idx_B).unsqueeze(1).expand({B, T, S});
+            loss = loss + torch::nn::functional::cross_entropy(count_BTSk.reshape({-1, kMaxSceneCount + 1}), yn_BTS.reshape({-1})) * S;
+            if (scene_acc) {
+                (*scene_acc)[0] = ((present_BTP > 0).to(torch::kFloat) == y_BTP).to(torch::kFloat).mean().item<double>();
+                (*scene_acc)[1] = (count_BTSk.argmax(3) == yn_BTS).to(torch::kFloat).mean().item<double>();
+                (*scene_acc)[2] = (y_BTP == 0).to(torch::kFloat).mean().item<double>();
+                (*scene_acc)[3] = (yn_BTS == 0).to(torch::kFloat).mean().item<double>();
+            }
+        }
         return loss;
     };
     torch::Tensor loss;
     tower->train();
     for (int64_t step = 0; step < o.steps; ++step) {
-        loss = losses(torch::randint(n_train, {o.batch}, torch::kLong), nullptr);
+        loss = losses(torch::randint(n_train, {o.batch}, torch::kLong), nullptr, nullptr);
         opt.zero_grad();
         loss.backward();
         opt.step();
@@ -160,10 +192,13 @@ inline TowerPretrainReport pretrain_tower(model::VisionTower & tower, const data
     rep.train_images = n_train, rep.heldout_images = n_hold;
     rep.final_loss = loss.defined() ? loss.item<double>() : 0.0;
     std::array<double, 4> acc{};
+    std::array<double, 4> scene_acc{};
     {
         torch::NoGradGuard ng;
-        losses(torch::arange(n_train, N), &acc);
+        losses(torch::arange(n_train, N), &acc, &scene_acc);
     }
+    rep.scene_presence = scene_acc[0], rep.scene_count = scene_acc[1];
+    rep.scene_presence_floor = scene_acc[2], rep.scene_count_floor = scene_acc[3];
     rep.shape = acc[0], rep.colour = acc[1], rep.size = acc[2], rep.column = o.position ? acc[3] : 0.0;
     return rep;
 }

@@ -415,6 +415,27 @@ TEST_CASE("make-tiny-models: HF directories that load back, seeded", "[demo]") {
         CHECK(loss < ln_v + 1.2);
     }
 
+    SECTION("--llm-mimetic: each query head starts as MIX x its KV group's key head + sqrt(1 - MIX^2) x its random one") {
+        REQUIRE(run(make + " --seed 3 --llm-mimetic 0.7 --out " + t.str("mim")) == 0);
+        const auto plain = idamoe::io::load_safetensors((m / "tiny-qwen2/model.safetensors").string());
+        const auto mim = idamoe::io::load_safetensors(t.str("mim/tiny-qwen2/model.safetensors"));
+        for (const auto & [k, v] : plain) {
+            INFO(k);
+            if (k.find("q_proj.weight") != std::string::npos) continue;
+            CHECK(torch::equal(v, mim.at(k)));  // only W_q changes
+        }
+        for (int layer = 0; layer < 4; ++layer) {
+            const std::string p = "model.layers." + std::to_string(layer) + ".self_attn.";
+            const auto q = plain.at(p + "q_proj.weight").to(torch::kFloat64), k = plain.at(p + "k_proj.weight").to(torch::kFloat64);
+            const auto got = mim.at(p + "q_proj.weight").to(torch::kFloat64);
+            for (int64_t h = 0; h < 4; ++h) {  // 4 query heads of 32, 2 KV groups: heads 0,1 -> group 0
+                const int64_t g = h / 2;
+                const auto want = 0.7 * k.slice(0, g * 32, (g + 1) * 32) + std::sqrt(1 - 0.49) * q.slice(0, h * 32, (h + 1) * 32);
+                CHECK((got.slice(0, h * 32, (h + 1) * 32) - want).abs().max().item<double>() < 1e-6);
+            }
+        }
+    }
+
     SECTION("tiny-clip: HF CLIPVisionModel names (as the fixture's) and shapes from its config") {
         json cfg = json::parse(read_file(m / "tiny-clip/config.json"));
         CHECK(cfg.at("model_type") == "clip_vision_model");
@@ -500,6 +521,22 @@ TEST_CASE("make-tiny-models --pretrain-tower: the tower learns the labelled cell
         CHECK(rp.column > 0.9);
         CHECK(rp.colour > 0.6);
         CHECK(r.column == 0.0);  // not measured without the heads
+    }
+    {  // with scene heads every token also says what the whole image holds (chance: the all-absent answer)
+        auto tower_scene = idamoe::model::build_vision_tower(t.str("random/tiny-clip"));
+        idamoe::demo::TowerPretrainOptions os = o;
+        os.scene = true;
+        os.steps = 300;
+        const auto rs = idamoe::demo::pretrain_tower(tower_scene, proc, os);
+        INFO("held-out with scene heads: presence " << rs.scene_presence << " (all absent: " << rs.scene_presence_floor
+             << "), shape counts " << rs.scene_count << " (all 0: " << rs.scene_count_floor << "), colour " << rs.colour);
+        CHECK(rs.scene_presence_floor > 0.6);  // 1-3 objects: most of the 10 attributes are absent
+        CHECK(rs.scene_presence > rs.scene_presence_floor + 0.1);
+        // The count head learns slower than this short run (57% here against 64% for "0" everywhere;
+        // 86.5% after make-tiny-models' 1000 x 64 steps): only checked to be measured, above 4-way chance.
+        CHECK(rs.scene_count > 0.25);
+        CHECK(rs.colour > 0.6);
+        CHECK(r.scene_presence == 0.0);  // not measured without the heads
     }
 
     SECTION("bad labels name the file and line") {
