@@ -252,6 +252,7 @@ int main(int argc, char ** argv) {
     app.add_flag("--pretrain-position", pt.position, "Tower pretraining: also teach every token its column and row");
     app.add_flag("--pretrain-scene", pt.scene, "Tower pretraining: also teach every token which shapes and colours the image "
                  "holds, and how many of each shape");
+    app.add_option("--pretrain-scene-weight", pt.scene_weight, "Tower pretraining: scale of the scene losses")->check(CLI::NonNegativeNumber);
     app.add_option("--llm-mimetic", l.mimetic, "LLM: mimetic attention init, W_q = MIX * W_k(group) + sqrt(1 - MIX^2) * W_q (0: off)")
         ->check(CLI::Range(0.0, 1.0));
     app.add_option("--llm-init-std", l.init_std, "LLM: std of the normal init of linear and embedding weights (initializer_range); <= 0: 1/sqrt(width)");

@@ -42,6 +42,8 @@ struct TowerPretrainOptions {
     bool position = false;      // also column and row heads on every token (where CLIP features say "where")
     bool scene = false;         // also, on every token, which shapes and colours the whole image holds and
                                 // how many of each shape (CLIP patch tokens carry image-level content too)
+    double scene_weight = 1.0;  // scale of the scene losses (summed over 10 attributes + 4 counts) against
+                                // the cell heads' cross-entropies
 };
 
 struct TowerPretrainReport {
@@ -164,10 +166,10 @@ inline TowerPretrainReport pretrain_tower(model::VisionTower & tower, const data
         if (o.scene) {  // every token says what the whole image holds: logits [K_cell, K)
             const torch::Tensor present_BTP = logits_BTK.slice(2, K_cell, K_cell + S + C);
             const torch::Tensor y_BTP = yp_NP.index_select(0, idx_B).unsqueeze(1).expand_as(present_BTP);
-            loss = loss + torch::nn::functional::binary_cross_entropy_with_logits(present_BTP, y_BTP) * (S + C);
+            loss = loss + torch::nn::functional::binary_cross_entropy_with_logits(present_BTP, y_BTP) * (S + C) * o.scene_weight;
             const torch::Tensor count_BTSk = logits_BTK.slice(2, K_cell + S + C, K).reshape({B, T, S, kMaxSceneCount + 1});
             const torch::Tensor yn_BTS = yn_NS.index_select(0, idx_B).unsqueeze(1).expand({B, T, S});
-            loss = loss + torch::nn::functional::cross_entropy(count_BTSk.reshape({-1, kMaxSceneCount + 1}), yn_BTS.reshape({-1})) * S;
+            loss = loss + torch::nn::functional::cross_entropy(count_BTSk.reshape({-1, kMaxSceneCount + 1}), yn_BTS.reshape({-1})) * S * o.scene_weight;
             if (scene_acc) {
                 (*scene_acc)[0] = ((present_BTP > 0).to(torch::kFloat) == y_BTP).to(torch::kFloat).mean().item<double>();
                 (*scene_acc)[1] = (count_BTSk.argmax(3) == yn_BTS).to(torch::kFloat).mean().item<double>();
