@@ -252,6 +252,8 @@ int main(int argc, char ** argv) {
     app.add_flag("--pretrain-position", pt.position, "Tower pretraining: also teach every token its column and row");
     app.add_flag("--pretrain-scene", pt.scene, "Tower pretraining: also teach every token which shapes and colours the image "
                  "holds, and how many of each shape");
+    app.add_flag("--pretrain-scene-on-cls", pt.scene_on_cls, "Tower pretraining: the scene heads on the CLS token only "
+                 "(train with vision.select_feature cls_patch)");
     app.add_option("--pretrain-scene-weight", pt.scene_weight, "Tower pretraining: scale of the scene losses")->check(CLI::NonNegativeNumber);
     app.add_option("--llm-mimetic", l.mimetic, "LLM: mimetic attention init, W_q = MIX * W_k(group) + sqrt(1 - MIX^2) * W_q (0: off)")
         ->check(CLI::Range(0.0, 1.0));
@@ -280,8 +282,8 @@ int main(int argc, char ** argv) {
             int used = 0;
             if (pt.position) used = std::snprintf(column, sizeof column, ", column %.1f%%", 100 * r.column);
             if (pt.scene)
-                std::snprintf(column + used, sizeof column - used, "; all tokens: scene presence %.1f%% (all absent: %.1f%%), shape counts %.1f%% (all 0: %.1f%%)",
-                              100 * r.scene_presence, 100 * r.scene_presence_floor, 100 * r.scene_count, 100 * r.scene_count_floor);
+                std::snprintf(column + used, sizeof column - used, "; %s: scene presence %.1f%% (all absent: %.1f%%), shape counts %.1f%% (all 0: %.1f%%)",
+                              pt.scene_on_cls ? "CLS" : "all tokens", 100 * r.scene_presence, 100 * r.scene_presence_floor, 100 * r.scene_count, 100 * r.scene_count_floor);
             std::printf("make-tiny-models: tower pretrained on %lld images, %lld steps x %lld (%.1f s, final loss %.3f); "
                         "held-out %lld images, object tokens: shape %.1f%%, colour %.1f%%, size %.1f%%%s\n",
                         static_cast<long long>(r.train_images), static_cast<long long>(pt.steps), static_cast<long long>(pt.batch),

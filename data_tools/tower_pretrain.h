@@ -42,6 +42,8 @@ struct TowerPretrainOptions {
     bool position = false;      // also column and row heads on every token (where CLIP features say "where")
     bool scene = false;         // also, on every token, which shapes and colours the whole image holds and
                                 // how many of each shape (CLIP patch tokens carry image-level content too)
+    bool scene_on_cls = false;  // scene heads on the CLS token only (for select_feature cls_patch): the
+                                // patch tokens stay about their own cell
     double scene_weight = 1.0;  // scale of the scene losses (summed over 10 attributes + 4 counts) against
                                 // the cell heads' cross-entropies
 };
@@ -150,7 +152,11 @@ inline TowerPretrainReport pretrain_tower(model::VisionTower & tower, const data
     const torch::Tensor column_T = torch::arange(T, torch::kLong).remainder(G), row_T = torch::arange(T, torch::kLong).div(G, "floor");
     auto losses = [&](const torch::Tensor & idx_B, std::array<double, 4> * acc, std::array<double, 4> * scene_acc) {
         const int64_t B = idx_B.size(0);
-        const torch::Tensor logits_BTK = head(tower->features(X_NCHW.index_select(0, idx_B), o.select_layer, "patch"));
+        const bool cls = o.scene && o.scene_on_cls;
+        const torch::Tensor all_BtK = head(tower->features(X_NCHW.index_select(0, idx_B), o.select_layer, cls ? "cls_patch" : "patch"));
+        const torch::Tensor logits_BTK = cls ? all_BtK.slice(1, 1) : all_BtK;     // the T cell tokens
+        const torch::Tensor scene_BtK = cls ? all_BtK.slice(1, 0, 1) : all_BtK;   // where the scene heads read
+        const int64_t Ts = scene_BtK.size(1);
         const std::vector<torch::Tensor> y = {ys_NT.index_select(0, idx_B), yc_NT.index_select(0, idx_B),
                                               yz_NT.index_select(0, idx_B), column_T.expand({B, T}), row_T.expand({B, T})};
         torch::Tensor loss = torch::zeros({});
@@ -164,11 +170,11 @@ inline TowerPretrainReport pretrain_tower(model::VisionTower & tower, const data
             }
         }
         if (o.scene) {  // every token says what the whole image holds: logits [K_cell, K)
-            const torch::Tensor present_BTP = logits_BTK.slice(2, K_cell, K_cell + S + C);
+            const torch::Tensor present_BTP = scene_BtK.slice(2, K_cell, K_cell + S + C);
             const torch::Tensor y_BTP = yp_NP.index_select(0, idx_B).unsqueeze(1).expand_as(present_BTP);
             loss = loss + torch::nn::functional::binary_cross_entropy_with_logits(present_BTP, y_BTP) * (S + C) * o.scene_weight;
-            const torch::Tensor count_BTSk = logits_BTK.slice(2, K_cell + S + C, K).reshape({B, T, S, kMaxSceneCount + 1});
-            const torch::Tensor yn_BTS = yn_NS.index_select(0, idx_B).unsqueeze(1).expand({B, T, S});
+            const torch::Tensor count_BTSk = scene_BtK.slice(2, K_cell + S + C, K).reshape({B, Ts, S, kMaxSceneCount + 1});
+            const torch::Tensor yn_BTS = yn_NS.index_select(0, idx_B).unsqueeze(1).expand({B, Ts, S});
             loss = loss + torch::nn::functional::cross_entropy(count_BTSk.reshape({-1, kMaxSceneCount + 1}), yn_BTS.reshape({-1})) * S * o.scene_weight;
             if (scene_acc) {
                 (*scene_acc)[0] = ((present_BTP > 0).to(torch::kFloat) == y_BTP).to(torch::kFloat).mean().item<double>();

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # presence_first.sh D OUT [SEED=42]: the presence-first run (SC7 in docs/demo_notes.md) on a finished
 # scripts/demo.sh run in D (its data, tokenizer and stage-1 recipe; env TOWER_EXTRA: more make-tiny-models flags,
-# e.g. --pretrain-scene-weight 0.1), all under OUT:
+# e.g. --pretrain-scene-weight 0.1; EXTRA_SET: more --set pairs for every run), all under OUT:
 #   1. models: the tower pretrained with scene heads, the decoder with mimetic attention init;
 #   2. the demo's stage 1;  3. stage 2 on single-turn presence records only, 600 x 16, lr 1e-3;
 #   4. that export relabelled as a stage-1 export;  5. the demo's stage 2 at lr 1e-3;  6. eval.
@@ -12,7 +12,7 @@ mkdir -p "$OUT"
 export IDAMOE_DEMO_DIR="$D" OMP_NUM_THREADS=2
 "$B/make-tiny-models" --tokenizer "$D/tokenizer.json" --out "$OUT/models" --seed 0 --pretrain-tower "$D/data/tower_labels.jsonl" \
   --pretrain-steps 1000 --pretrain-position --pretrain-scene --llm-mimetic 0.7 ${TOWER_EXTRA:-}
-S=(--set "model.llm_path=$OUT/models/tiny-qwen2" --set "vision.path=$OUT/models/tiny-clip")
+S=(--set "model.llm_path=$OUT/models/tiny-qwen2" --set "vision.path=$OUT/models/tiny-clip" ${EXTRA_SET:-})
 "$B/idamoe-train" --config "$CFG/stage1.yaml" "${S[@]}" --set "train.output_dir=$OUT/stage1" > "$OUT/stage1.log" 2>&1
 /usr/bin/python3 "$HERE/presence_records.py" "$D/data/instruct_image.json" "$OUT/presence_only.json"
 cat > "$OUT/presence_only.yaml" <<YAML

@@ -536,6 +536,13 @@ TEST_CASE("make-tiny-models --pretrain-tower: the tower learns the labelled cell
         // 86.5% after make-tiny-models' 1000 x 64 steps): only checked to be measured, above 4-way chance.
         CHECK(rs.scene_count > 0.25);
         CHECK(rs.colour > 0.6);
+        auto tower_cls = idamoe::model::build_vision_tower(t.str("random/tiny-clip"));
+        os.scene_on_cls = true;  // the same heads on the CLS token alone
+        const auto rc = idamoe::demo::pretrain_tower(tower_cls, proc, os);
+        INFO("scene heads on CLS: presence " << rc.scene_presence << " (all absent: " << rc.scene_presence_floor << ")");
+        CHECK(rc.scene_presence_floor == Approx(rs.scene_presence_floor));  // same images, one token instead of 16
+        CHECK(rc.scene_presence > rc.scene_presence_floor + 0.05);
+        CHECK(rc.colour > 0.6);
         CHECK(r.scene_presence == 0.0);  // not measured without the heads
     }
 
