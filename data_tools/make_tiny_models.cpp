@@ -278,18 +278,18 @@ int main(int argc, char ** argv) {
             const auto t1 = std::chrono::steady_clock::now();
             const auto r = idamoe::demo::pretrain_tower(tower, proc, pt);
             save(dir, idamoe::io::module_state(*tower));
-            char column[160] = "";
+            char extra[160] = "";  // what the optional heads measured
             int used = 0;
-            if (pt.position) used = std::snprintf(column, sizeof column, ", column %.1f%%", 100 * r.column);
+            if (pt.position) used = std::snprintf(extra, sizeof extra, ", column %.1f%%", 100 * r.column);
             if (pt.scene)
-                std::snprintf(column + used, sizeof column - used, "; %s: scene presence %.1f%% (all absent: %.1f%%), shape counts %.1f%% (all 0: %.1f%%)",
+                std::snprintf(extra + used, sizeof extra - used, "; %s: scene presence %.1f%% (all absent: %.1f%%), shape counts %.1f%% (all 0: %.1f%%)",
                               pt.scene_on_cls ? "CLS" : "all tokens", 100 * r.scene_presence, 100 * r.scene_presence_floor, 100 * r.scene_count, 100 * r.scene_count_floor);
             std::printf("make-tiny-models: tower pretrained on %lld images, %lld steps x %lld (%.1f s, final loss %.3f); "
                         "held-out %lld images, object tokens: shape %.1f%%, colour %.1f%%, size %.1f%%%s\n",
                         static_cast<long long>(r.train_images), static_cast<long long>(pt.steps), static_cast<long long>(pt.batch),
                         std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count(), r.final_loss,
                         static_cast<long long>(r.heldout_images), 100 * r.shape, 100 * r.colour, 100 * r.size,
-                        column);
+                        extra);
         }
         const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         std::printf("make-tiny-models: tiny-clip %lld params (%lld patches + CLS), tiny-qwen2 %lld params, in %s (%.2f s)\n",

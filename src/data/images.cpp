@@ -204,6 +204,9 @@ ImageProcessorConfig ImageProcessorConfig::from_dir(const std::string & dir, boo
 RgbImage decode_image_memory(const uint8_t * data, size_t n, const std::string & name, const ImageLimits & limits) {
     if (n == 0) throw ImageError(name + ": empty file (0 bytes)");
     if (n > static_cast<size_t>(INT32_MAX)) throw ImageError(name + ": file too large");
+    auto fits = [&](int64_t w, int64_t h) {
+        return w > 0 && h > 0 && w <= limits.max_side && h <= limits.max_side && w * h <= limits.max_pixels;
+    };
     auto too_large = [&](int64_t w, int64_t h) {
         return ImageError(name + ": image dimensions " + std::to_string(w) + "x" + std::to_string(h) +
                           " exceed the limit (" + std::to_string(limits.max_side) + " per side, " +
@@ -214,9 +217,10 @@ RgbImage decode_image_memory(const uint8_t * data, size_t n, const std::string &
     if (n >= 2 && data[0] == 0xFF && data[1] == 0xD8) {
         detail::JpegResult jpeg;
         char error[256] = {0};
-        if (!detail::decode_jpeg_memory(data, n, limits.max_side, limits.max_pixels, jpeg, error, sizeof error)) {
-            if (std::string(error) == "dimensions") throw too_large(jpeg.width, jpeg.height);
-            throw ImageError(name + ": corrupt or truncated JPEG (libjpeg: " + error + ")");
+        switch (detail::decode_jpeg_memory(data, n, fits, jpeg, error, sizeof error)) {
+            case detail::JpegStatus::size_refused: throw too_large(jpeg.width, jpeg.height);
+            case detail::JpegStatus::corrupt: throw ImageError(name + ": corrupt or truncated JPEG (libjpeg: " + error + ")");
+            case detail::JpegStatus::ok: break;
         }
         RgbImage img;
         img.width = jpeg.width;
@@ -227,9 +231,7 @@ RgbImage decode_image_memory(const uint8_t * data, size_t n, const std::string &
     int w = 0, h = 0, comp = 0;
     if (!stbi_info_from_memory(data, static_cast<int>(n), &w, &h, &comp))
         throw ImageError(name + ": not a decodable JPEG/PNG/BMP/GIF image (" + stbi_failure_reason() + ")");
-    if (w <= 0 || h <= 0 || w > limits.max_side || h > limits.max_side ||
-        static_cast<int64_t>(w) * h > limits.max_pixels)
-        throw too_large(w, h);
+    if (!fits(w, h)) throw too_large(w, h);
     int cw = 0, ch = 0, cc = 0;
     stbi_uc * px = stbi_load_from_memory(data, static_cast<int>(n), &cw, &ch, &cc, 3);
     if (!px) throw ImageError(name + ": corrupt image (" + stbi_failure_reason() + ")");

@@ -67,9 +67,9 @@ inline uint8_t cmyk_channel(int c_inverted, int k_inverted) {
 
 }  // namespace
 
-// Returns false with `error` set (no exception crosses libjpeg's frames).
-bool decode_jpeg_memory(const uint8_t * data, size_t n, int64_t max_side, int64_t max_pixels, JpegResult & out,
-                        char * error, size_t error_size) {
+// No exception crosses libjpeg's frames: errors come back as a status.
+JpegStatus decode_jpeg_memory(const uint8_t * data, size_t n, const std::function<bool(int64_t, int64_t)> & accept_size,
+                              JpegResult & out, char * error, size_t error_size) {
     jpeg_decompress_struct cinfo;
     ErrorManager err;
     jpeg_progress_mgr progress;
@@ -84,21 +84,18 @@ bool decode_jpeg_memory(const uint8_t * data, size_t n, int64_t max_side, int64_
     if (setjmp(err.jump)) {
         std::snprintf(error, error_size, "%s", err.message);
         jpeg_destroy_decompress(&cinfo);
-        return false;
+        return JpegStatus::corrupt;
     }
     jpeg_create_decompress(&cinfo);
     progress.progress_monitor = on_progress;
     cinfo.progress = &progress;
     jpeg_mem_src(&cinfo, data, static_cast<unsigned long>(n));
     jpeg_read_header(&cinfo, TRUE);
-    if (cinfo.image_width == 0 || cinfo.image_height == 0 || cinfo.image_width > max_side ||
-        cinfo.image_height > max_side ||
-        static_cast<int64_t>(cinfo.image_width) * cinfo.image_height > max_pixels) {
-        out.width = static_cast<int>(cinfo.image_width);
-        out.height = static_cast<int>(cinfo.image_height);
-        std::snprintf(error, error_size, "dimensions");
+    out.width = static_cast<int>(cinfo.image_width);
+    out.height = static_cast<int>(cinfo.image_height);
+    if (!accept_size(cinfo.image_width, cinfo.image_height)) {
         jpeg_destroy_decompress(&cinfo);
-        return false;
+        return JpegStatus::size_refused;
     }
     const bool cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
     cinfo.out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
@@ -124,7 +121,7 @@ bool decode_jpeg_memory(const uint8_t * data, size_t n, int64_t max_side, int64_
     }
     jpeg_finish_decompress(&cinfo);
     jpeg_destroy_decompress(&cinfo);
-    return true;
+    return JpegStatus::ok;
 }
 
 }  // namespace idamoe::data::detail

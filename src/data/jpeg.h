@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace idamoe::data::detail {
@@ -13,9 +14,12 @@ struct JpegResult {
     std::vector<uint8_t> scanline; // libjpeg's output row (3 or 4 samples per pixel)
 };
 
-// Decodes a JPEG with libjpeg-turbo. Returns false with a message in `error` for a corrupt,
-// truncated or unsupported file; with "dimensions" when the header's size exceeds the limits.
-bool decode_jpeg_memory(const uint8_t * data, size_t n, int64_t max_side, int64_t max_pixels, JpegResult & out,
-                        char * error, size_t error_size);
+enum class JpegStatus { ok, size_refused, corrupt };
+
+// Decodes a JPEG with libjpeg-turbo. `accept_size(width, height)` sees the header's size before
+// anything is allocated (size_refused when it says no); corrupt, truncated or unsupported files give
+// `corrupt` with libjpeg's message in `error`.
+JpegStatus decode_jpeg_memory(const uint8_t * data, size_t n, const std::function<bool(int64_t, int64_t)> & accept_size,
+                              JpegResult & out, char * error, size_t error_size);
 
 }  // namespace idamoe::data::detail
