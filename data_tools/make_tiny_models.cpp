@@ -255,6 +255,8 @@ int main(int argc, char ** argv) {
     app.add_flag("--pretrain-scene-on-cls", pt.scene_on_cls, "Tower pretraining: the scene heads on the CLS token only "
                  "(train with vision.select_feature cls_patch)");
     app.add_option("--pretrain-scene-weight", pt.scene_weight, "Tower pretraining: scale of the scene losses")->check(CLI::NonNegativeNumber);
+    app.add_option("--pretrain-scene-from", pt.scene_from, "Tower pretraining: the step at which the scene losses join (the cell "
+                   "features form first)")->check(CLI::NonNegativeNumber);
     app.add_option("--llm-mimetic", l.mimetic, "LLM: mimetic attention init, W_q = MIX * W_k(group) + sqrt(1 - MIX^2) * W_q (0: off)")
         ->check(CLI::Range(0.0, 1.0));
     app.add_option("--llm-init-std", l.init_std, "LLM: std of the normal init of linear and embedding weights (initializer_range); <= 0: 1/sqrt(width)");

@@ -46,6 +46,7 @@ struct TowerPretrainOptions {
                                 // patch tokens stay about their own cell
     double scene_weight = 1.0;  // scale of the scene losses (summed over 10 attributes + 4 counts) against
                                 // the cell heads' cross-entropies
+    int64_t scene_from = 0;     // the scene losses join at this step: the cell features form first
 };
 
 struct TowerPretrainReport {
@@ -150,7 +151,7 @@ inline TowerPretrainReport pretrain_tower(model::VisionTower & tower, const data
     const size_t n_heads = o.position ? 5 : 3;
     const std::array<int64_t, 6> edge = {0, S + 1, S + C + 2, S + C + Z + 3, S + C + Z + 3 + G, S + C + Z + 3 + 2 * G};
     const torch::Tensor column_T = torch::arange(T, torch::kLong).remainder(G), row_T = torch::arange(T, torch::kLong).div(G, "floor");
-    auto losses = [&](const torch::Tensor & idx_B, std::array<double, 4> * acc, std::array<double, 4> * scene_acc) {
+    auto losses = [&](const torch::Tensor & idx_B, std::array<double, 4> * acc, std::array<double, 4> * scene_acc, bool with_scene) {
         const int64_t B = idx_B.size(0);
         const bool cls = o.scene && o.scene_on_cls;
         const torch::Tensor all_BtK = head(tower->features(X_NCHW.index_select(0, idx_B), o.select_layer, cls ? "cls_patch" : "patch"));
@@ -169,7 +170,7 @@ inline TowerPretrainReport pretrain_tower(model::VisionTower & tower, const data
                 (*acc)[h] = hit_BT.masked_select(object_BT).mean().item<double>();
             }
         }
-        if (o.scene) {  // every token says what the whole image holds: logits [K_cell, K)
+        if (o.scene && with_scene) {  // every token says what the whole image holds: logits [K_cell, K)
             const torch::Tensor present_BTP = scene_BtK.slice(2, K_cell, K_cell + S + C);
             const torch::Tensor y_BTP = yp_NP.index_select(0, idx_B).unsqueeze(1).expand_as(present_BTP);
             loss = loss + torch::nn::functional::binary_cross_entropy_with_logits(present_BTP, y_BTP) * (S + C) * o.scene_weight;
@@ -188,7 +189,7 @@ inline TowerPretrainReport pretrain_tower(model::VisionTower & tower, const data
     torch::Tensor loss;
     tower->train();
     for (int64_t step = 0; step < o.steps; ++step) {
-        loss = losses(torch::randint(n_train, {o.batch}, torch::kLong), nullptr, nullptr);
+        loss = losses(torch::randint(n_train, {o.batch}, torch::kLong), nullptr, nullptr, step >= o.scene_from);
         opt.zero_grad();
         loss.backward();
         opt.step();
@@ -203,7 +204,7 @@ inline TowerPretrainReport pretrain_tower(model::VisionTower & tower, const data
     std::array<double, 4> scene_acc{};
     {
         torch::NoGradGuard ng;
-        losses(torch::arange(n_train, N), &acc, &scene_acc);
+        losses(torch::arange(n_train, N), &acc, &scene_acc, true);
     }
     rep.scene_presence = scene_acc[0], rep.scene_count = scene_acc[1];
     rep.scene_presence_floor = scene_acc[2], rep.scene_count_floor = scene_acc[3];

@@ -361,6 +361,7 @@ struct Reader {
         v = s;
     }
     void datasets(const char * key, std::vector<DatasetEntry> & v);
+    void phases(const char * key, std::vector<CurriculumPhase> & v);
     template <class S> void section(const char * key, S & s);
     void finish() {
         if (!node || !node.IsMap()) return;
@@ -406,6 +407,7 @@ struct Writer {
         out << YAML::EndSeq;
     }
     void datasets(const char * key, const std::vector<DatasetEntry> & v);
+    void phases(const char * key, const std::vector<CurriculumPhase> & v);
     template <class S> void section(const char * key, S & s);
 };
 
@@ -447,8 +449,13 @@ template <class V, class C> void visit_dataset_entry(V & v, C & c) {
     v.path("json", c.json);
     v.path("image_root", c.image_root);
 }
+template <class V, class C> void visit_curriculum_phase(V & v, C & c) {
+    v.field("steps", c.steps);
+    v.datasets("train", c.train);
+}
 template <class V, class C> void visit_data(V & v, C & c) {
     v.datasets("train", c.train);
+    v.phases("curriculum", c.curriculum);
     v.field("template", c.template_name);
     v.path("tokenizer", c.tokenizer);
     v.field("batch_size", c.batch_size);
@@ -550,6 +557,28 @@ void Reader::datasets(const char * key, std::vector<DatasetEntry> & v) {
     }
 }
 
+void Reader::phases(const char * key, std::vector<CurriculumPhase> & v) {
+    YAML::Node n = get(key);
+    if (!n) return;
+    std::string k = join_key(prefix, key);
+    if (n.IsNull()) { v.clear(); return; }
+    if (!n.IsSequence()) fail(at(k), k, "expected a list of {steps, train} phases, got " + show(n));
+    v.clear();
+    for (size_t i = 0; i < n.size(); ++i) {
+        std::string ek = k + "[" + std::to_string(i) + "]";
+        if (!n[i].IsMap()) fail(at(k), ek, "expected a mapping with steps: and train:, got " + show(n[i]));
+        CurriculumPhase p;
+        Origins local = origins;
+        local[ek + ".steps"] = local[ek + ".train"] = origins.count(k) ? origins.at(k) : Origin{};
+        Reader sub{n[i], ek, local, top_file, top_dir, {}};
+        visit_curriculum_phase(sub, p);
+        sub.finish();
+        if (p.steps <= 0) fail(at(k), ek + ".steps", "expected a positive number of optimizer steps, got " + std::to_string(p.steps));
+        if (p.train.empty()) fail(at(k), ek + ".train", "missing required key (expected a list of {json, image_root})");
+        v.push_back(p);
+    }
+}
+
 template <class S> void Writer::section(const char * key, S & s) {
     out << YAML::Key << key << YAML::Value << YAML::BeginMap;
     visit_any(*this, s);
@@ -561,6 +590,17 @@ void Writer::datasets(const char * key, const std::vector<DatasetEntry> & v) {
     for (const auto & e : v) {
         out << YAML::BeginMap;
         visit_dataset_entry(*this, e);
+        out << YAML::EndMap;
+    }
+    out << YAML::EndSeq;
+}
+
+void Writer::phases(const char * key, const std::vector<CurriculumPhase> & v) {
+    if (v.empty()) return;  // configs without a curriculum print as before
+    out << YAML::Key << key << YAML::Value << YAML::BeginSeq;
+    for (const auto & p : v) {
+        out << YAML::BeginMap;
+        visit_curriculum_phase(*this, p);
         out << YAML::EndMap;
     }
     out << YAML::EndSeq;
@@ -590,6 +630,11 @@ void validate(const Config & c, const Origins & o, const std::string & top) {
     require(c.train.lr > 0, "train.lr", "must be > 0");
     require(c.train.max_steps >= 0, "train.max_steps", "must be >= 0");
     require(c.train.max_steps > 0 || c.train.epochs > 0, "train.epochs", "must be > 0 when train.max_steps is 0");
+    int64_t curriculum_steps = 0;
+    for (const auto & p : c.data.curriculum) curriculum_steps += p.steps;
+    require(c.train.max_steps == 0 || c.train.max_steps > curriculum_steps, "train.max_steps",
+            "must exceed the " + std::to_string(curriculum_steps) + " steps of data.curriculum, so that data.train gets some (got " +
+                std::to_string(c.train.max_steps) + ")");
     require(c.train.warmup_ratio >= 0 && c.train.warmup_ratio <= 1, "train.warmup_ratio", "must be in [0, 1]");
     require(c.train.min_lr_ratio >= 0 && c.train.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]");
     require(c.train.weight_decay >= 0, "train.weight_decay", "must be >= 0");

@@ -60,8 +60,17 @@ struct DatasetEntry {
     std::string image_root;                // folder that image paths are relative to
 };
 
+// One phase of a data curriculum: `steps` optimizer steps drawn from its own files only.
+struct CurriculumPhase {
+    int64_t steps = 0;
+    std::vector<DatasetEntry> train;
+};
+
 struct DataConfig {
     std::vector<DatasetEntry> train;       // one or more LLaVA JSON files
+    // Phases trained in order before data.train, which then runs for the remaining steps (one learning-rate
+    // schedule over all of them). Empty: data.train from step 0.
+    std::vector<CurriculumPhase> curriculum;
     std::string template_name = "plain";   // plain | moe_llava | chatml  (YAML key: template)
     std::string tokenizer;                 // "" = from model.llm_path
     int64_t batch_size = 4;                // per rank, per micro-step

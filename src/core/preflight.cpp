@@ -23,20 +23,26 @@ void check_model_dir(const std::string & key, const std::string & dir, std::vect
         out.push_back(key + ": " + dir + " has no model.safetensors, model.safetensors.index.json or pytorch_model.bin");
 }
 
+void check_datasets(const std::string & key, const std::vector<DatasetEntry> & files, std::vector<std::string> & out) {
+    for (size_t i = 0; i < files.size(); ++i) {
+        const auto & e = files[i];
+        std::string k = key + "[" + std::to_string(i) + "]";
+        std::ifstream in(e.json);
+        if (!in) out.push_back(k + ".json: " + e.json + " is missing or unreadable");
+        if (!e.image_root.empty() && !fs::is_directory(e.image_root))
+            out.push_back(k + ".image_root: " + e.image_root + " is not a directory");
+    }
+}
+
 }  // namespace
 
 std::vector<std::string> preflight_problems(const Config & cfg) {
     std::vector<std::string> out;
     check_model_dir("model.llm_path", cfg.model.llm_path, out);
     if (!cfg.vision.path.empty()) check_model_dir("vision.path", cfg.vision.path, out);
-    for (size_t i = 0; i < cfg.data.train.size(); ++i) {
-        const auto & e = cfg.data.train[i];
-        std::string k = "data.train[" + std::to_string(i) + "]";
-        std::ifstream in(e.json);
-        if (!in) out.push_back(k + ".json: " + e.json + " is missing or unreadable");
-        if (!e.image_root.empty() && !fs::is_directory(e.image_root))
-            out.push_back(k + ".image_root: " + e.image_root + " is not a directory");
-    }
+    check_datasets("data.train", cfg.data.train, out);
+    for (size_t i = 0; i < cfg.data.curriculum.size(); ++i)
+        check_datasets("data.curriculum[" + std::to_string(i) + "].train", cfg.data.curriculum[i].train, out);
     if (!cfg.data.tokenizer.empty() && !fs::exists(cfg.data.tokenizer))
         out.push_back("data.tokenizer: " + cfg.data.tokenizer + " does not exist");
     if (cfg.train.stage >= 2 && !fs::is_directory(cfg.train.init_from))

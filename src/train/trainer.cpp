@@ -179,8 +179,8 @@ namespace {
 
 class LoaderSource : public BatchSource {
 public:
-    LoaderSource(const core::Config & cfg, int64_t rank, int64_t world) {
-        ds_ = std::make_shared<data::LlavaDataset>(cfg.data.train, cfg.data.template_name, cfg.data.max_bad_fraction);
+    LoaderSource(const core::Config & cfg, const std::vector<core::DatasetEntry> & files, int64_t rank, int64_t world) {
+        ds_ = std::make_shared<data::LlavaDataset>(files, cfg.data.template_name, cfg.data.max_bad_fraction);
         tok_ = data::load_tokenizer(data::tokenizer_path(cfg));
         loader_ = std::make_unique<data::DataLoader>(ds_, tok_, data::loader_options(cfg, rank, world));
         per_epoch_ = std::max<int64_t>(1, loader_->batches_per_epoch());
@@ -202,6 +202,73 @@ private:
     std::shared_ptr<data::Tokenizer> tok_;
     std::unique_ptr<data::DataLoader> loader_;
     int64_t per_epoch_ = 1;
+};
+
+// data.curriculum: each phase's files for its steps (steps x grad_accum micro-batches, the same count on every
+// rank), then data.train for the rest of the run. One loader is open at a time; its state is saved together
+// with the phase and how far into it the run is, so a resume continues inside the same phase.
+class CurriculumSource : public BatchSource {
+public:
+    CurriculumSource(const core::Config & cfg, int64_t rank, int64_t world) : cfg_(cfg), rank_(rank), world_(world) {
+        for (const auto & p : cfg.data.curriculum) phase_micro_.push_back(p.steps * cfg.data.grad_accum);
+        main_ = std::make_unique<LoaderSource>(cfg_, cfg_.data.train, rank_, world_);  // sizes the schedule
+        open(0);
+    }
+    data::Batch next() override {
+        while (phase_ < phases() && in_phase_ >= phase_micro_[static_cast<size_t>(phase_)]) {
+            spdlog::info("data: curriculum phase {} done ({} steps); next: {}", phase_, cfg_.data.curriculum[static_cast<size_t>(phase_)].steps,
+                         phase_ + 1 < phases() ? "phase " + std::to_string(phase_ + 1) : std::string("data.train"));
+            open(phase_ + 1);
+        }
+        ++in_phase_;
+        return current().next();
+    }
+    double epoch() const override { return current().epoch(); }
+    nlohmann::json state() const override {
+        return {{"curriculum_steps", steps()}, {"phase", phase_}, {"in_phase", in_phase_}, {"loader", current().state()}};
+    }
+    void load_state(const nlohmann::json & s) override {
+        if (!s.is_object() || !s.contains("curriculum_steps"))
+            throw data::DataError("the checkpoint's data state has no curriculum: that run was started without data.curriculum");
+        if (s.at("curriculum_steps") != steps())
+            throw data::DataError("the checkpoint's data.curriculum steps " + s.at("curriculum_steps").dump() + " differ from this config's " +
+                                  nlohmann::json(steps()).dump());
+        open(s.at("phase").get<int64_t>());
+        in_phase_ = s.at("in_phase").get<int64_t>();
+        current().load_state(s.at("loader"));
+    }
+    int64_t num_samples() const override { return main_->num_samples(); }
+    std::string bad_sample_summary() const override {
+        std::string out;
+        for (const BatchSource * src : {static_cast<const BatchSource *>(phase_src_.get()), static_cast<const BatchSource *>(main_.get())}) {
+            std::string s = src ? src->bad_sample_summary() : std::string();
+            if (!s.empty()) out += (out.empty() ? "" : "; ") + s;
+        }
+        return out;
+    }
+
+private:
+    int64_t phases() const { return static_cast<int64_t>(phase_micro_.size()); }
+    std::vector<int64_t> steps() const {
+        std::vector<int64_t> v;
+        for (const auto & p : cfg_.data.curriculum) v.push_back(p.steps);
+        return v;
+    }
+    void open(int64_t phase) {
+        if (phase < 0 || phase > phases()) throw data::DataError("curriculum phase " + std::to_string(phase) + " out of range");
+        phase_ = phase;
+        in_phase_ = 0;
+        phase_src_.reset();  // stops the previous phase's workers
+        if (phase < phases())
+            phase_src_ = std::make_unique<LoaderSource>(cfg_, cfg_.data.curriculum[static_cast<size_t>(phase)].train, rank_, world_);
+    }
+    BatchSource & current() const { return phase_src_ ? *phase_src_ : *main_; }
+
+    const core::Config & cfg_;
+    int64_t rank_, world_;
+    std::vector<int64_t> phase_micro_;
+    std::unique_ptr<LoaderSource> main_, phase_src_;
+    int64_t phase_ = 0, in_phase_ = 0;
 };
 
 // ---------------------------------------------------------------------------------------------------
@@ -400,9 +467,14 @@ StageRun run_stage(const core::Config & cfg, const std::string & resume, std::un
     sm.llava->to(device);
     sm.llava->train(true);
 
-    if (!source) source = std::make_unique<LoaderSource>(cfg, env.rank, env.world_size);
-    const int64_t total = total_optimizer_steps(source->num_samples(), cfg.data.batch_size, env.world_size,
-                                                cfg.data.grad_accum, cfg.train.epochs, cfg.train.max_steps);
+    if (!source && cfg.data.curriculum.empty()) source = std::make_unique<LoaderSource>(cfg, cfg.data.train, env.rank, env.world_size);
+    if (!source) source = std::make_unique<CurriculumSource>(cfg, env.rank, env.world_size);
+    int64_t curriculum_steps = 0;
+    for (const auto & p : cfg.data.curriculum) curriculum_steps += p.steps;
+    // train.epochs counts passes over data.train, after the curriculum.
+    const int64_t total = cfg.train.max_steps > 0 ? cfg.train.max_steps
+                                                  : curriculum_steps + total_optimizer_steps(source->num_samples(), cfg.data.batch_size, env.world_size,
+                                                                                              cfg.data.grad_accum, cfg.train.epochs, 0);
     LlavaTask task(sm, *source, device, autocast_bf16);
     const FlopModel flops = make_flop_model(sm, cfg);
 

@@ -3,7 +3,9 @@
 //   - SIGKILL between checkpoints, then --resume auto, equals an uninterrupted run bit for bit;
 //   - 5% undecodable / missing images: the run completes and reports exactly that many skipped samples;
 //   - a file-size limit (RLIMIT_FSIZE, as a full disk) while saving: the previous checkpoint stays
-//     valid, the messages say so, and a later --resume auto finishes the run.
+//     valid, the messages say so, and a later --resume auto finishes the run;
+//   - data.curriculum: the phase's files come first, and stopping inside the phase or after it, then
+//     resuming, equals a straight run.
 // (A kill -9 *during* a checkpoint write is covered on its own with the distributed tests.)
 #include "io/checkpoint.h"
 
@@ -107,13 +109,13 @@ struct TinyWorld {
     }
     // A stage-1 config (projector only) writing to `out`; every step logged, all checkpoints kept.
     std::string config(const std::string & name, const std::string & out, int64_t steps, int64_t save_every,
-                       int64_t batch, const std::string & json = "") const {
+                       int64_t batch, const std::string & json = "", const std::string & curriculum = "") const {
         std::ostringstream y;
         y << "model:\n  llm_path: " << dir.str("models/tiny-qwen2") << "\n  dtype: float32\n  device: cpu\n"
           << "vision:\n  path: " << dir.str("models/tiny-clip") << "\n  select_layer: -2\n  select_feature: patch\n"
           << "projector:\n  type: mlp2x_gelu\n"
           << "data:\n  train:\n    - json: " << (json.empty() ? dir.str("data/captions.json") : json)
-          << "\n      image_root: " << dir.str("data/images") << "\n"
+          << "\n      image_root: " << dir.str("data/images") << "\n" << curriculum
           << "  template: plain\n  batch_size: " << batch << "\n  grad_accum: 1\n  max_length: 128\n"
           << "  num_workers: 1\n  prefetch: 4\n"
           << "train:\n  stage: 1\n  max_steps: " << steps << "\n  lr: 1.0e-3\n  warmup_ratio: 0.1\n"
@@ -275,5 +277,52 @@ TEST_CASE("faults: a full disk while saving keeps the previous checkpoint, --res
     REQUIRE(run_train({"--config", cfg, "--resume", "auto"}, w.dir.str("b3.log")) == 0);
     CHECK_THAT(read_file(w.dir.str("b3.log")), Catch::Contains("resumed from " + ckpt(b, 2)));
     CHECK(same_bytes(ckpt(a, N) + "/model.safetensors", ckpt(b, N) + "/model.safetensors"));
+    CHECK(same_bytes(a + "/hf/model.safetensors", b + "/hf/model.safetensors"));
+}
+
+TEST_CASE("data.curriculum: the phase's files first, then data.train; resumes inside and after the phase equal a straight run",
+          "[train][integration][faults]") {
+    TinyWorld w(48);
+    // The phase: the first 8 caption records (2 micro-batches an epoch at batch 4), for 3 steps; then all 48 (12 an epoch).
+    const auto all = nlohmann::json::parse(read_file(w.dir.str("data/captions.json")));
+    test::write_text(w.dir.str("head.json"), nlohmann::json(std::vector<nlohmann::json>(all.begin(), all.begin() + 8)).dump());
+    const std::string phase = "  curriculum:\n    - steps: 3\n      train:\n        - json: " + w.dir.str("head.json") +
+                              "\n          image_root: " + w.dir.str("data/images") + "\n";
+    const int64_t N = 8;
+    const std::string a = w.dir.str("a"), b = w.dir.str("b"), r = w.dir.str("r");
+    REQUIRE(run_train({"--config", w.config("a.yaml", a, N, 2, 4, "", phase)}, w.dir.str("a.log")) == 0);
+    const std::string log_a = read_file(w.dir.str("a.log"));
+    INFO(log_a);
+    CHECK_THAT(log_a, Catch::Contains("curriculum phase 0 done (3 steps); next: data.train"));
+    // The same run on the phase's files alone: the same batches, weights and learning rates for 3 steps.
+    REQUIRE(run_train({"--config", w.config("r.yaml", r, N, 0, 4, w.dir.str("head.json"))}, w.dir.str("r.log")) == 0);
+    const auto ra = records(a + "/metrics.jsonl"), rr = records(r + "/metrics.jsonl");
+    REQUIRE(ra.size() == static_cast<size_t>(N));
+    for (int64_t step = 1; step <= 3; ++step) {
+        INFO("step " << step);
+        CHECK(ra.at(step)["loss"].get<double>() == rr.at(step)["loss"].get<double>());
+        CHECK(ra.at(step)["epoch"].get<double>() == Approx(step / 2.0));
+    }
+    // Step 4 is data.train's first batch: epoch 1/12 of the 48 records, and another loss than the phase's files give.
+    CHECK(ra.at(4)["epoch"].get<double>() == Approx(1.0 / 12.0));
+    CHECK(rr.at(4)["epoch"].get<double>() == Approx(2.0));
+    CHECK(ra.at(4)["loss"].get<double>() != rr.at(4)["loss"].get<double>());
+
+    // Stopped after step 2 (inside the phase), then after step 5 (after it), each time resumed.
+    const std::string cfg_b = w.config("b.yaml", b, N, 2, 4, "", phase);
+    REQUIRE(run_train({"--config", cfg_b, "--set", "train.stop_after=2"}, w.dir.str("b.log")) == 0);
+    REQUIRE(run_train({"--config", cfg_b, "--resume", "auto", "--set", "train.stop_after=3"}, w.dir.str("b.log")) == 0);
+    REQUIRE(run_train({"--config", cfg_b, "--resume", "auto"}, w.dir.str("b.log")) == 0);
+    const std::string log_b = read_file(w.dir.str("b.log"));
+    INFO(log_b);
+    CHECK_THAT(log_b, Catch::Contains("resumed from " + ckpt(b, 2)));
+    CHECK_THAT(log_b, Catch::Contains("resumed from " + ckpt(b, 5)));
+    const auto rb = records(b + "/metrics.jsonl");
+    REQUIRE(rb.size() == static_cast<size_t>(N));
+    for (const auto & [step, ja] : ra) {
+        INFO("step " << step);
+        CHECK(rb.at(step)["loss"].get<double>() == ja["loss"].get<double>());
+        CHECK(rb.at(step)["epoch"].get<double>() == ja["epoch"].get<double>());
+    }
     CHECK(same_bytes(a + "/hf/model.safetensors", b + "/hf/model.safetensors"));
 }

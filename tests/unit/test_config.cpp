@@ -152,6 +152,41 @@ TEST_CASE("config: print-config round-trips through the loader", "[config]") {
     CHECK(c2.train.trainable == std::vector<std::string>{"mm_projector"});
 }
 
+TEST_CASE("config: data.curriculum phases parse, resolve their paths, print back, and name their errors", "[config]") {
+    TempDir d;
+    auto with = [&](const std::string & phases, const std::string & train = "") {
+        write_text(d.str("run/c.yaml"), "model:\n  llm_path: m\ndata:\n  train:\n    - json: main.json\n  curriculum:\n" + phases +
+                                            "train:\n  stage: 1\n" + train);
+        return d.str("run/c.yaml");
+    };
+    const std::string two = "    - steps: 600\n      train:\n        - json: first.json\n          image_root: img\n"
+                            "    - steps: 50\n      train:\n        - json: second.json\n";
+    Config c = load_config(with(two));
+    REQUIRE(c.data.curriculum.size() == 2);
+    CHECK(c.data.curriculum[0].steps == 600);
+    CHECK(c.data.curriculum[0].train.at(0).json == d.str("run/first.json"));
+    CHECK(c.data.curriculum[0].train.at(0).image_root == d.str("run/img"));
+    CHECK(c.data.curriculum[1].train.at(0).json == d.str("run/second.json"));
+    const std::string y = idamoe::core::config_to_yaml(c);
+    write_text(d.str("printed.yaml"), y);
+    CHECK(idamoe::core::config_to_yaml(load_config(d.str("printed.yaml"))) == y);
+    CHECK(idamoe::core::config_to_yaml(load_config(d.str("printed.yaml"))).find("curriculum") != std::string::npos);
+
+    CHECK_THAT(error_of([&] { load_config(with("    - steps: 0\n      train:\n        - json: a.json\n")); }),
+               Catch::Contains("c.yaml:6: data.curriculum[0].steps: expected a positive number of optimizer steps, got 0"));
+    CHECK_THAT(error_of([&] { load_config(with("    - steps: 5\n")); }),
+               Catch::Contains("data.curriculum[0].train: missing required key"));
+    CHECK_THAT(error_of([&] { load_config(with("    - step: 5\n")); }),
+               Catch::Contains("data.curriculum[0].step: unknown key (did you mean 'data.curriculum[0].steps'?)"));
+    CHECK_THAT(error_of([&] { load_config(with("    - steps: 5\n      train:\n        - image_root: x\n")); }),
+               Catch::Contains("data.curriculum[0].train[0].json: missing required key"));
+    CHECK_THAT(error_of([&] { load_config(with("    - 600\n")); }),
+               Catch::Contains("data.curriculum[0]: expected a mapping with steps: and train:, got '600'"));
+    CHECK_THAT(error_of([&] { load_config(with(two, "  max_steps: 650\n")); }),
+               Catch::Contains("train.max_steps: must exceed the 650 steps of data.curriculum, so that data.train gets some (got 650)"));
+    CHECK(load_config(with(two, "  max_steps: 651\n")).train.max_steps == 651);
+}
+
 TEST_CASE("config: moe.layers resolves against the decoder depth", "[config]") {
     using idamoe::core::resolve_moe_layers;
     CHECK(resolve_moe_layers("every_other", 5) == std::vector<int64_t>{0, 2, 4});
