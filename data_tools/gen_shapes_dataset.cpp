@@ -8,6 +8,8 @@
 //   images/{caption,instruct,eval}/NNNNNN.png
 //   captions.json        stage 1, LLaVA-558k style: human "<image>", gpt caption (plain template)
 //   instruct_image.json  stages 2-3, LLaVA-665k style: 1..--max-turns QA turns per image, "<image>\n" leads turn 1
+//   presence_first.json  every presence turn of instruct_image.json as a single-turn record on its image
+//                        (the demo's stage-2 data.curriculum phase)
 //   instruct_text.json   stages 2-3, text-only records (no "image" key; MoE-LLaVA's nlp_tune.json)
 //   eval_questions.jsonl LLaVA question JSONL: {question_id, image, text, category, answer, objects:
 //                        [{shape, colour, size, side}]} (objects: what the image holds, for analysis)
@@ -150,6 +152,9 @@ int main(int argc, char ** argv) {
 
         // ---- stages 2-3: image instructions, 1..max_turns distinct categories per image ----
         json instruct = json::array();
+        // The same images' presence turns again, one per record: the demo's stage 2 trains them first
+        // (data.curriculum), as presence did not start learning inside the six-task mix (docs/demo_notes.md).
+        json presence = json::array();
         for (size_t i = 0; i < a.n_instruct; ++i) {
             Rng rng(idamoe::demo::stream_seed(a.seed, kInstruct, i));
             auto scene = idamoe::demo::sample_scene(rng, a.image_size, 1, a.grid, a.one_shape);
@@ -160,6 +165,11 @@ int main(int argc, char ** argv) {
                 convs.push_back({{"from", "human"}, {"value", convs.empty() ? "<image>\n" + q : q}});
                 convs.push_back({{"from", "gpt"}, {"value", qa.answer}});
                 ++n_train_qa[qa.category];
+                if (qa.category == "presence")
+                    presence.push_back({{"id", "instruct_" + std::to_string(i) + "_p" + std::to_string(convs.size() - 2)},
+                                        {"image", "instruct/" + image_name(i)},
+                                        {"conversations", json::array({{{"from", "human"}, {"value", "<image>\n" + q}},
+                                                                       {{"from", "gpt"}, {"value", qa.answer}}})}});
             }
             instruct.push_back({{"id", "instruct_" + std::to_string(i)},
                                 {"image", "instruct/" + image_name(i)},
@@ -167,6 +177,7 @@ int main(int argc, char ** argv) {
             corpus += moe_llava_render(convs) + "\n";
         }
         write_text(out / "instruct_image.json", instruct.dump(1) + "\n");
+        write_text(out / "presence_first.json", presence.dump(1) + "\n");
 
         json text = json::array();
         for (size_t i = 0; i < a.n_text; ++i) {

@@ -255,6 +255,10 @@ int main(int argc, char ** argv) {
     app.add_flag("--pretrain-scene-on-cls", pt.scene_on_cls, "Tower pretraining: the scene heads on the CLS token only "
                  "(train with vision.select_feature cls_patch)");
     app.add_option("--pretrain-scene-weight", pt.scene_weight, "Tower pretraining: scale of the scene losses")->check(CLI::NonNegativeNumber);
+    app.add_flag("--pretrain-scene-on-objects", pt.scene_on_objects, "Tower pretraining: the scene heads on the object tokens "
+                 "only (background tokens stay empty)");
+    app.add_option("--pretrain-scene-dims", pt.scene_dims, "Tower pretraining: the scene heads read only the first N widths, the "
+                   "cell heads the rest (0: both read all)")->check(CLI::NonNegativeNumber);
     app.add_option("--pretrain-scene-from", pt.scene_from, "Tower pretraining: the step at which the scene losses join (the cell "
                    "features form first)")->check(CLI::NonNegativeNumber);
     app.add_option("--llm-mimetic", l.mimetic, "LLM: mimetic attention init, W_q = MIX * W_k(group) + sqrt(1 - MIX^2) * W_q (0: off)")
@@ -285,7 +289,7 @@ int main(int argc, char ** argv) {
             if (pt.position) used = std::snprintf(extra, sizeof extra, ", column %.1f%%", 100 * r.column);
             if (pt.scene)
                 std::snprintf(extra + used, sizeof extra - used, "; %s: scene presence %.1f%% (all absent: %.1f%%), shape counts %.1f%% (all 0: %.1f%%)",
-                              pt.scene_on_cls ? "CLS" : "all tokens", 100 * r.scene_presence, 100 * r.scene_presence_floor, 100 * r.scene_count, 100 * r.scene_count_floor);
+                              pt.scene_on_cls ? "CLS" : pt.scene_on_objects ? "object tokens" : "all tokens", 100 * r.scene_presence, 100 * r.scene_presence_floor, 100 * r.scene_count, 100 * r.scene_count_floor);
             std::printf("make-tiny-models: tower pretrained on %lld images, %lld steps x %lld (%.1f s, final loss %.3f); "
                         "held-out %lld images, object tokens: shape %.1f%%, colour %.1f%%, size %.1f%%%s\n",
                         static_cast<long long>(r.train_images), static_cast<long long>(pt.steps), static_cast<long long>(pt.batch),

@@ -42,11 +42,16 @@ struct TowerPretrainOptions {
     bool position = false;      // also column and row heads on every token (where CLIP features say "where")
     bool scene = false;         // also, on every token, which shapes and colours the whole image holds and
                                 // how many of each shape (CLIP patch tokens carry image-level content too)
+    bool scene_on_objects = false;  // scene heads on the object tokens only: background tokens stay empty,
+                                    // so the objects still stand out from them
     bool scene_on_cls = false;  // scene heads on the CLS token only (for select_feature cls_patch): the
                                 // patch tokens stay about their own cell
     double scene_weight = 1.0;  // scale of the scene losses (summed over 10 attributes + 4 counts) against
                                 // the cell heads' cross-entropies
     int64_t scene_from = 0;     // the scene losses join at this step: the cell features form first
+    int64_t scene_dims = 0;     // > 0: the scene heads read only the first scene_dims widths of a token and
+                                // the cell heads only the rest, so "this image holds a circle" and "I am a
+                                // circle" take different directions (0: both read all widths)
 };
 
 struct TowerPretrainReport {
@@ -136,15 +141,28 @@ inline TowerPretrainReport pretrain_tower(model::VisionTower & tower, const data
     const torch::Tensor yp_NP = torch::tensor(y_present).view({N, S + C}), yn_NS = torch::tensor(y_count).view({N, S});
 
     // ---- the run: one linear head over the selected layer's patch tokens, three cross-entropies ----
+    if (o.scene && o.scene_dims >= tower->hidden_size())
+        throw std::runtime_error("--pretrain-scene-dims must be below the tower width " + std::to_string(tower->hidden_size()));
     torch::AutoGradMode grad(true);
     torch::manual_seed(o.seed);
     for (auto & p : tower->parameters()) p.set_requires_grad(true);
     const int64_t K_cell = (S + 1) + (C + 1) + (Z + 1) + (o.position ? 2 * G : 0);
     const int64_t K_scene = o.scene ? (S + C) + S * (kMaxSceneCount + 1) : 0;
     const int64_t D = tower->hidden_size(), K = K_cell + K_scene;
-    torch::nn::Linear head(D, K);
+    const int64_t Ds = o.scene && o.scene_dims > 0 ? o.scene_dims : 0;
+    // The split heads are made only when asked: drawing their init would move the batches' random stream.
+    torch::nn::Linear head{nullptr}, cell_head{nullptr}, scene_head{nullptr};
+    if (Ds == 0) head = torch::nn::Linear(D, K);
+    else cell_head = torch::nn::Linear(D - Ds, K_cell), scene_head = torch::nn::Linear(Ds, K_scene);
+    // One head over all widths, or (scene_dims) a cell head over widths [Ds, D) and a scene head over [0, Ds).
+    auto heads = [&](const torch::Tensor & f_BtD) {
+        if (Ds == 0) return head(f_BtD);
+        return torch::cat({cell_head(f_BtD.slice(2, Ds)), scene_head(f_BtD.slice(2, 0, Ds))}, 2);
+    };
     std::vector<torch::Tensor> params = tower->parameters();
-    for (auto & p : head->parameters()) params.push_back(p);
+    for (auto & p : (Ds == 0 ? head : cell_head)->parameters()) params.push_back(p);
+    if (Ds > 0)
+        for (auto & p : scene_head->parameters()) params.push_back(p);
     torch::optim::Adam opt(params, torch::optim::AdamOptions(o.lr));
     // heads, in order: shape, colour, size, then with `position` column and row; the logits of head h are
     // [edge[h], edge[h + 1]). Accuracy is reported for the first four (the row's equals the column's in kind).
@@ -154,7 +172,7 @@ inline TowerPretrainReport pretrain_tower(model::VisionTower & tower, const data
     auto losses = [&](const torch::Tensor & idx_B, std::array<double, 4> * acc, std::array<double, 4> * scene_acc, bool with_scene) {
         const int64_t B = idx_B.size(0);
         const bool cls = o.scene && o.scene_on_cls;
-        const torch::Tensor all_BtK = head(tower->features(X_NCHW.index_select(0, idx_B), o.select_layer, cls ? "cls_patch" : "patch"));
+        const torch::Tensor all_BtK = heads(tower->features(X_NCHW.index_select(0, idx_B), o.select_layer, cls ? "cls_patch" : "patch"));
         const torch::Tensor logits_BTK = cls ? all_BtK.slice(1, 1) : all_BtK;     // the T cell tokens
         const torch::Tensor scene_BtK = cls ? all_BtK.slice(1, 0, 1) : all_BtK;   // where the scene heads read
         const int64_t Ts = scene_BtK.size(1);
@@ -171,17 +189,25 @@ inline TowerPretrainReport pretrain_tower(model::VisionTower & tower, const data
             }
         }
         if (o.scene && with_scene) {  // every token says what the whole image holds: logits [K_cell, K)
+            namespace F = torch::nn::functional;
+            // Which tokens carry the scene: all (or CLS), or with scene_on_objects the object tokens only.
+            const torch::Tensor w_Bt = o.scene_on_objects && !cls ? object_BT.to(torch::kFloat) : torch::ones({B, Ts});
+            const auto on_carriers = [&](const torch::Tensor & x_Bt) { return (x_Bt * w_Bt).sum() / w_Bt.sum(); };
             const torch::Tensor present_BTP = scene_BtK.slice(2, K_cell, K_cell + S + C);
             const torch::Tensor y_BTP = yp_NP.index_select(0, idx_B).unsqueeze(1).expand_as(present_BTP);
-            loss = loss + torch::nn::functional::binary_cross_entropy_with_logits(present_BTP, y_BTP) * (S + C) * o.scene_weight;
+            const auto none = F::BinaryCrossEntropyWithLogitsFuncOptions().reduction(torch::kNone);
+            loss = loss + on_carriers(F::binary_cross_entropy_with_logits(present_BTP, y_BTP, none).mean(2)) * (S + C) * o.scene_weight;
             const torch::Tensor count_BTSk = scene_BtK.slice(2, K_cell + S + C, K).reshape({B, Ts, S, kMaxSceneCount + 1});
             const torch::Tensor yn_BTS = yn_NS.index_select(0, idx_B).unsqueeze(1).expand({B, Ts, S});
-            loss = loss + torch::nn::functional::cross_entropy(count_BTSk.reshape({-1, kMaxSceneCount + 1}), yn_BTS.reshape({-1})) * S * o.scene_weight;
+            const torch::Tensor count_ce_BTS = F::cross_entropy(count_BTSk.reshape({-1, kMaxSceneCount + 1}), yn_BTS.reshape({-1}),
+                                                                F::CrossEntropyFuncOptions().reduction(torch::kNone)).reshape({B, Ts, S});
+            loss = loss + on_carriers(count_ce_BTS.mean(2)) * S * o.scene_weight;
             if (scene_acc) {
-                (*scene_acc)[0] = ((present_BTP > 0).to(torch::kFloat) == y_BTP).to(torch::kFloat).mean().item<double>();
-                (*scene_acc)[1] = (count_BTSk.argmax(3) == yn_BTS).to(torch::kFloat).mean().item<double>();
-                (*scene_acc)[2] = (y_BTP == 0).to(torch::kFloat).mean().item<double>();
-                (*scene_acc)[3] = (yn_BTS == 0).to(torch::kFloat).mean().item<double>();
+                const auto rate = [&](const torch::Tensor & hit_BtX) { return on_carriers(hit_BtX.to(torch::kFloat).mean(2)).item<double>(); };
+                (*scene_acc)[0] = rate((present_BTP > 0).to(torch::kFloat) == y_BTP);
+                (*scene_acc)[1] = rate(count_BTSk.argmax(3) == yn_BTS);
+                (*scene_acc)[2] = rate(y_BTP == 0);
+                (*scene_acc)[3] = rate(yn_BTS == 0);
             }
         }
         return loss;

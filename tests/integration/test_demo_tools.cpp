@@ -225,6 +225,27 @@ TEST_CASE("gen-shapes-dataset writes valid LLaVA data with every promised questi
             INFO("question type " << k);
             CHECK(types[k] > 0);
         }
+        // presence_first.json: exactly the presence turns above, each alone with its image, in order.
+        json pres = json::parse(read_file(d / "presence_first.json"));
+        std::vector<std::pair<std::string, std::string>> expected;
+        for (const auto & r : recs) {
+            const auto & c = r.at("conversations");
+            for (size_t i = 0; i < c.size(); i += 2) {
+                std::string q = c[i].at("value");
+                if (q.rfind("<image>\n", 0) == 0) q = q.substr(8);
+                if (q.rfind("Is there", 0) == 0) expected.emplace_back(r.at("image").get<std::string>() + " " + q, c[i + 1].at("value"));
+            }
+        }
+        REQUIRE(pres.size() == expected.size());
+        REQUIRE(pres.size() == static_cast<size_t>(types["presence"]));
+        for (size_t k = 0; k < pres.size(); ++k) {
+            const auto & c = pres[k].at("conversations");
+            REQUIRE(c.size() == 2);
+            const std::string q = c[0].at("value");
+            REQUIRE(q.rfind("<image>\n", 0) == 0);
+            CHECK(pres[k].at("image").get<std::string>() + " " + q.substr(8) == expected[k].first);
+            CHECK(c[1].at("value") == expected[k].second);
+        }
         json text = json::parse(read_file(d / "instruct_text.json"));
         REQUIRE(text.size() == 8);
         for (const auto & r : text) {
@@ -544,6 +565,17 @@ TEST_CASE("make-tiny-models --pretrain-tower: the tower learns the labelled cell
         CHECK(rc.scene_presence > rc.scene_presence_floor + 0.05);
         CHECK(rc.colour > 0.6);
         CHECK(r.scene_presence == 0.0);  // not measured without the heads
+        // On the object tokens only, read from their first 32 widths (the cell heads from the rest), joining at
+        // step 100: the floor is over object tokens now, lower (images with more objects hold more attributes).
+        auto tower_obj = idamoe::model::build_vision_tower(t.str("random/tiny-clip"));
+        os.scene_on_cls = false, os.scene_on_objects = true, os.scene_dims = 32, os.scene_from = 100;
+        const auto ro = idamoe::demo::pretrain_tower(tower_obj, proc, os);
+        INFO("scene heads on objects, 32 widths: presence " << ro.scene_presence << " (all absent: " << ro.scene_presence_floor << ")");
+        CHECK(ro.scene_presence_floor < rs.scene_presence_floor);
+        CHECK(ro.scene_presence > ro.scene_presence_floor + 0.05);
+        CHECK(ro.colour > 0.6);
+        os.scene_dims = 128;  // the tower's whole width: nothing left for the cell heads
+        CHECK_THROWS_WITH(idamoe::demo::pretrain_tower(tower_obj, proc, os), Catch::Contains("below the tower width 128"));
     }
 
     SECTION("bad labels name the file and line") {
