@@ -257,6 +257,8 @@ int main(int argc, char ** argv) {
     app.add_option("--pretrain-scene-weight", pt.scene_weight, "Tower pretraining: scale of the scene losses")->check(CLI::NonNegativeNumber);
     app.add_flag("--pretrain-scene-on-objects", pt.scene_on_objects, "Tower pretraining: the scene heads on the object tokens "
                  "only (background tokens stay empty)");
+    app.add_flag("!--pretrain-scene-no-counts", pt.scene_counts, "Tower pretraining: the scene heads learn presence only, "
+                 "not the per-shape counts");
     app.add_option("--pretrain-scene-dims", pt.scene_dims, "Tower pretraining: the scene heads read only the first N widths, the "
                    "cell heads the rest (0: both read all)")->check(CLI::NonNegativeNumber);
     app.add_option("--pretrain-scene-from", pt.scene_from, "Tower pretraining: the step at which the scene losses join (the cell "
@@ -288,8 +290,12 @@ int main(int argc, char ** argv) {
             int used = 0;
             if (pt.position) used = std::snprintf(extra, sizeof extra, ", column %.1f%%", 100 * r.column);
             if (pt.scene)
-                std::snprintf(extra + used, sizeof extra - used, "; %s: scene presence %.1f%% (all absent: %.1f%%), shape counts %.1f%% (all 0: %.1f%%)",
-                              pt.scene_on_cls ? "CLS" : pt.scene_on_objects ? "object tokens" : "all tokens", 100 * r.scene_presence, 100 * r.scene_presence_floor, 100 * r.scene_count, 100 * r.scene_count_floor);
+                used += std::snprintf(extra + used, sizeof extra - used, "; %s: scene presence %.1f%% (all absent: %.1f%%)",
+                                      pt.scene_on_cls ? "CLS" : pt.scene_on_objects ? "object tokens" : "all tokens",
+                                      100 * r.scene_presence, 100 * r.scene_presence_floor);
+            if (pt.scene && pt.scene_counts)
+                std::snprintf(extra + used, sizeof extra - used, ", shape counts %.1f%% (all 0: %.1f%%)", 100 * r.scene_count,
+                              100 * r.scene_count_floor);
             std::printf("make-tiny-models: tower pretrained on %lld images, %lld steps x %lld (%.1f s, final loss %.3f); "
                         "held-out %lld images, object tokens: shape %.1f%%, colour %.1f%%, size %.1f%%%s\n",
                         static_cast<long long>(r.train_images), static_cast<long long>(pt.steps), static_cast<long long>(pt.batch),

@@ -42,6 +42,7 @@ struct TowerPretrainOptions {
     bool position = false;      // also column and row heads on every token (where CLIP features say "where")
     bool scene = false;         // also, on every token, which shapes and colours the whole image holds and
                                 // how many of each shape (CLIP patch tokens carry image-level content too)
+    bool scene_counts = true;   // with `scene`: also the per-shape count heads (false: presence only)
     bool scene_on_objects = false;  // scene heads on the object tokens only: background tokens stay empty,
                                     // so the objects still stand out from them
     bool scene_on_cls = false;  // scene heads on the CLS token only (for select_feature cls_patch): the
@@ -201,11 +202,11 @@ inline TowerPretrainReport pretrain_tower(model::VisionTower & tower, const data
             const torch::Tensor yn_BTS = yn_NS.index_select(0, idx_B).unsqueeze(1).expand({B, Ts, S});
             const torch::Tensor count_ce_BTS = F::cross_entropy(count_BTSk.reshape({-1, kMaxSceneCount + 1}), yn_BTS.reshape({-1}),
                                                                 F::CrossEntropyFuncOptions().reduction(torch::kNone)).reshape({B, Ts, S});
-            loss = loss + on_carriers(count_ce_BTS.mean(2)) * S * o.scene_weight;
+            if (o.scene_counts) loss = loss + on_carriers(count_ce_BTS.mean(2)) * S * o.scene_weight;
             if (scene_acc) {
                 const auto rate = [&](const torch::Tensor & hit_BtX) { return on_carriers(hit_BtX.to(torch::kFloat).mean(2)).item<double>(); };
                 (*scene_acc)[0] = rate((present_BTP > 0).to(torch::kFloat) == y_BTP);
-                (*scene_acc)[1] = rate(count_BTSk.argmax(3) == yn_BTS);
+                (*scene_acc)[1] = o.scene_counts ? rate(count_BTSk.argmax(3) == yn_BTS) : 0.0;
                 (*scene_acc)[2] = rate(y_BTP == 0);
                 (*scene_acc)[3] = rate(yn_BTS == 0);
             }

@@ -451,6 +451,7 @@ template <class V, class C> void visit_dataset_entry(V & v, C & c) {
 }
 template <class V, class C> void visit_curriculum_phase(V & v, C & c) {
     v.field("steps", c.steps);
+    v.field("lr", c.lr);
     v.datasets("train", c.train);
 }
 template <class V, class C> void visit_data(V & v, C & c) {
@@ -569,11 +570,12 @@ void Reader::phases(const char * key, std::vector<CurriculumPhase> & v) {
         if (!n[i].IsMap()) fail(at(k), ek, "expected a mapping with steps: and train:, got " + show(n[i]));
         CurriculumPhase p;
         Origins local = origins;
-        local[ek + ".steps"] = local[ek + ".train"] = origins.count(k) ? origins.at(k) : Origin{};
+        local[ek + ".steps"] = local[ek + ".lr"] = local[ek + ".train"] = origins.count(k) ? origins.at(k) : Origin{};
         Reader sub{n[i], ek, local, top_file, top_dir, {}};
         visit_curriculum_phase(sub, p);
         sub.finish();
         if (p.steps <= 0) fail(at(k), ek + ".steps", "expected a positive number of optimizer steps, got " + std::to_string(p.steps));
+        if (p.lr < 0) fail(at(k), ek + ".lr", "expected a peak learning rate > 0, or 0 to follow train.lr's schedule");
         if (p.train.empty()) fail(at(k), ek + ".train", "missing required key (expected a list of {json, image_root})");
         v.push_back(p);
     }

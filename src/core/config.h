@@ -63,6 +63,7 @@ struct DatasetEntry {
 // One phase of a data curriculum: `steps` optimizer steps drawn from its own files only.
 struct CurriculumPhase {
     int64_t steps = 0;
+    double lr = 0.0;                       // > 0: the phase's own warm-up + cosine at this peak (train/schedule.h)
     std::vector<DatasetEntry> train;
 };
 

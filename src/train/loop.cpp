@@ -162,7 +162,9 @@ RunResult run_training(TrainTask & task, const core::Config & cfg, const LoopOpt
                                          name.find(".router.gmm.") != std::string::npos;
                         return gmm ? tc.gmm_lr_scale : 1.0;
                     });
-    const LrSchedule schedule = LrSchedule::cosine(tc.lr, opt.total_steps, tc.warmup_ratio, tc.min_lr_ratio);
+    std::vector<std::pair<int64_t, double>> phase_lrs;
+    for (const auto & p : cfg.data.curriculum) phase_lrs.emplace_back(p.steps, p.lr);
+    const RunSchedule schedule = RunSchedule::cosine(tc.lr, opt.total_steps, tc.warmup_ratio, tc.min_lr_ratio, phase_lrs);
     NonFiniteGuard guard(tc.max_nonfinite_in_row);
     const std::string config_yaml = core::config_to_yaml(cfg);
 
@@ -226,8 +228,12 @@ RunResult run_training(TrainTask & task, const core::Config & cfg, const LoopOpt
             }
             ck.trainer_state["nonfinite"] = {{"in_row", guard.in_row()}, {"total", guard.total_skipped()}};
             ck.trainer_state["skipped_samples"] = res.skipped_samples;
-            ck.trainer_state["schedule"] = {{"total_steps", schedule.total_steps}, {"warmup_steps", schedule.warmup_steps},
-                                            {"peak_lr", schedule.peak_lr}, {"min_lr_ratio", schedule.min_lr_ratio}};
+            const LrSchedule & m = schedule.main;
+            ck.trainer_state["schedule"] = {{"total_steps", m.total_steps}, {"warmup_steps", m.warmup_steps},
+                                            {"peak_lr", m.peak_lr}, {"min_lr_ratio", m.min_lr_ratio}};
+            for (const auto & p : schedule.phases)
+                ck.trainer_state["schedule"]["phases"].push_back({{"begin", p.begin}, {"end", p.end}, {"peak_lr", p.schedule.peak_lr},
+                                                                  {"warmup_steps", p.schedule.warmup_steps}});
             ck.config_yaml = config_yaml;
             try {
                 path = io::save_checkpoint(tc.output_dir, ck, cfg.checkpoint.keep_last);

@@ -1,4 +1,4 @@
-// defines: LrSchedule, steps_per_epoch, total_optimizer_steps
+// defines: LrSchedule, RunSchedule, steps_per_epoch, total_optimizer_steps
 #include "train/schedule.h"
 
 #include <algorithm>
@@ -24,6 +24,30 @@ double LrSchedule::at(int64_t step) const {
                             static_cast<double>(std::max<int64_t>(1, total_steps - warmup_steps));
     const double cosine = std::max(0.0, 0.5 * (1.0 + std::cos(M_PI * std::min(1.0, progress))));
     return peak_lr * (min_lr_ratio + (1.0 - min_lr_ratio) * cosine);
+}
+
+RunSchedule RunSchedule::cosine(double peak_lr, int64_t total_steps, double warmup_ratio, double min_lr_ratio,
+                                const std::vector<std::pair<int64_t, double>> & phases) {
+    RunSchedule r;
+    int64_t begin = 0, own = 0;
+    for (const auto & [steps, lr] : phases) {
+        if (lr > 0) {
+            r.phases.push_back({begin, begin + steps, LrSchedule::cosine(lr, steps, warmup_ratio, min_lr_ratio)});
+            own += steps;
+        }
+        begin += steps;
+    }
+    r.main = LrSchedule::cosine(peak_lr, total_steps - own, warmup_ratio, min_lr_ratio);
+    return r;
+}
+
+double RunSchedule::at(int64_t step) const {
+    int64_t skipped = 0;  // steps of own-schedule phases before `step`
+    for (const auto & p : phases) {
+        if (step >= p.end) skipped += p.end - p.begin;
+        else if (step >= p.begin) return p.schedule.at(step - p.begin);
+    }
+    return main.at(step - skipped);
 }
 
 int64_t steps_per_epoch(int64_t n_samples, int64_t batch_size, int64_t world_size, int64_t grad_accum) {

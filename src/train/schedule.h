@@ -1,4 +1,4 @@
-// defines: LrSchedule, steps_per_epoch, total_optimizer_steps
+// defines: LrSchedule, RunSchedule, steps_per_epoch, total_optimizer_steps
 //
 // HF get_cosine_schedule_with_warmup (transformers/optimization.py), which MoE-LLaVA uses in all stages:
 // the optimizer step with 0-based index s uses lr(s): linear 0 -> peak over `warmup` steps, then a
@@ -6,6 +6,8 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 namespace idamoe::train {
 
@@ -17,6 +19,23 @@ struct LrSchedule {
 
     static LrSchedule cosine(double peak_lr, int64_t total_steps, double warmup_ratio, double min_lr_ratio);
     double at(int64_t step) const;  // lr of the optimizer step with 0-based index `step`
+};
+
+// A run's learning rates with data.curriculum: a phase given its own peak runs its own warm-up and cosine
+// over its steps, like a separate run that keeps the optimizer state; every other step follows `main`,
+// which counts only those steps (so without such phases it is the run's one cosine, as before).
+struct RunSchedule {
+    struct Phase {
+        int64_t begin = 0, end = 0;  // optimizer steps [begin, end)
+        LrSchedule schedule;
+    };
+    LrSchedule main;
+    std::vector<Phase> phases;  // in step order
+
+    // phases: (steps, peak lr) of each curriculum phase in order; peak 0 = the phase follows `main`.
+    static RunSchedule cosine(double peak_lr, int64_t total_steps, double warmup_ratio, double min_lr_ratio,
+                              const std::vector<std::pair<int64_t, double>> & phases);
+    double at(int64_t step) const;
 };
 
 // Optimizer steps per epoch as HF computes them: ceil(samples / (batch*world)) micro-batches, // grad_accum.

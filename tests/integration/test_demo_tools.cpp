@@ -574,6 +574,13 @@ TEST_CASE("make-tiny-models --pretrain-tower: the tower learns the labelled cell
         CHECK(ro.scene_presence_floor < rs.scene_presence_floor);
         CHECK(ro.scene_presence > ro.scene_presence_floor + 0.05);
         CHECK(ro.colour > 0.6);
+        CHECK(ro.scene_count > 0.25);
+        auto tower_nc = idamoe::model::build_vision_tower(t.str("random/tiny-clip"));
+        idamoe::demo::TowerPretrainOptions on = os;
+        on.scene_counts = false, on.steps = 150;  // presence heads only: the counts are not learned nor measured
+        const auto rn = idamoe::demo::pretrain_tower(tower_nc, proc, on);
+        CHECK(rn.scene_count == 0.0);
+        CHECK(rn.scene_presence > rn.scene_presence_floor);
         os.scene_dims = 128;  // the tower's whole width: nothing left for the cell heads
         CHECK_THROWS_WITH(idamoe::demo::pretrain_tower(tower_obj, proc, os), Catch::Contains("below the tower width 128"));
     }

@@ -8,6 +8,7 @@
 //     resuming, equals a straight run.
 // (A kill -9 *during* a checkpoint write is covered on its own with the distributed tests.)
 #include "io/checkpoint.h"
+#include "train/schedule.h"
 
 #include "test_utils.h"
 
@@ -325,4 +326,18 @@ TEST_CASE("data.curriculum: the phase's files first, then data.train; resumes in
         CHECK(rb.at(step)["epoch"].get<double>() == ja["epoch"].get<double>());
     }
     CHECK(same_bytes(a + "/hf/model.safetensors", b + "/hf/model.safetensors"));
+
+    // The phase with its own peak: its 3 steps warm up and decay on their own, then data.train's schedule
+    // runs over the other 5 steps (train/schedule.h), as the JSONL's learning rates show.
+    const std::string c = w.dir.str("c");
+    const std::string own = "  curriculum:\n    - steps: 3\n      lr: 5.0e-4\n      train:\n        - json: " + w.dir.str("head.json") +
+                            "\n          image_root: " + w.dir.str("data/images") + "\n";
+    REQUIRE(run_train({"--config", w.config("c.yaml", c, N, 0, 4, "", own)}, w.dir.str("c.log")) == 0);
+    const auto rc = records(c + "/metrics.jsonl");
+    REQUIRE(rc.size() == static_cast<size_t>(N));
+    const auto phase_lr = idamoe::train::LrSchedule::cosine(5e-4, 3, 0.1, 0.0), main_lr = idamoe::train::LrSchedule::cosine(1e-3, 5, 0.1, 0.0);
+    for (const auto & [step, j] : rc) {
+        INFO("step " << step);
+        CHECK(j["lr"].get<double>() == Approx(step <= 3 ? phase_lr.at(step - 1) : main_lr.at(step - 4)).margin(1e-12));
+    }
 }

@@ -159,6 +159,27 @@ TEST_CASE("train: cosine schedule with linear warm-up follows HF", "[train]") {
     CHECK(total_optimizer_steps(1000, 4, 1, 2, 1.0, 7) == 7);
 }
 
+TEST_CASE("train: a curriculum phase with its own peak runs its own warm-up and cosine, the rest one schedule", "[train]") {
+    using idamoe::train::RunSchedule;
+    // No own peaks: exactly the run's one cosine.
+    const auto one = RunSchedule::cosine(1e-3, 100, 0.03, 0.0, {{30, 0.0}});
+    const auto plain = LrSchedule::cosine(1e-3, 100, 0.03, 0.0);
+    for (int64_t s = 0; s <= 100; ++s) CHECK(one.at(s) == plain.at(s));
+    // Phase 0 (steps 0-19) at its own 5e-4, phase 1 (20-29) follows the main schedule, then data.train:
+    // main spans the 80 other steps, so step 20 is main's step 0 and step 30 main's step 10.
+    const auto r = RunSchedule::cosine(1e-3, 100, 0.1, 0.0, {{20, 5e-4}, {10, 0.0}});
+    const auto own = LrSchedule::cosine(5e-4, 20, 0.1, 0.0), main = LrSchedule::cosine(1e-3, 80, 0.1, 0.0);
+    REQUIRE(r.phases.size() == 1);
+    CHECK(r.main.total_steps == 80);
+    CHECK(r.at(0) == 0.0);
+    CHECK(r.at(2) == Approx(5e-4));  // warm-up ceil(0.1 * 20) = 2 steps
+    for (int64_t s = 0; s < 20; ++s) CHECK(r.at(s) == own.at(s));
+    CHECK(r.at(19) < 1e-5);          // the phase decays to ~0 by its end
+    for (int64_t s = 20; s <= 100; ++s) CHECK(r.at(s) == main.at(s - 20));
+    CHECK(r.at(20) == 0.0);          // the main schedule's own warm-up starts after the phase
+    CHECK(r.at(28) == Approx(1e-3));
+}
+
 TEST_CASE("train: loss normalisation is per target token over the accumulated batch", "[train]") {
     // Two micro-batches with 3 and 7 target tokens: the accumulated gradient must equal the gradient of
     // the token-mean CE over all 10 tokens at once.
