@@ -360,6 +360,31 @@ struct Reader {
         }
         v = s;
     }
+    // A list of mappings (data.train, data.curriculum): entry i is read under "key[i]" by visit(sub, entry), its
+    // `fields` resolving paths against the file that set the list; then check(entry, "key[i]") (after the
+    // unknown-key check, so a misspelt key is named as such, not as a missing one).
+    template <class T, class Visit, class Check>
+    void entries(const char * key, std::vector<T> & v, const std::vector<std::string> & fields, const std::string & list_of,
+                 const std::string & mapping_with, Visit visit, Check check) {
+        YAML::Node n = get(key);
+        if (!n) return;
+        std::string k = join_key(prefix, key);
+        if (n.IsNull()) { v.clear(); return; }
+        if (!n.IsSequence()) fail(at(k), k, "expected a list of " + list_of + " entries, got " + show(n));
+        v.clear();
+        for (size_t i = 0; i < n.size(); ++i) {
+            std::string ek = k + "[" + std::to_string(i) + "]";
+            if (!n[i].IsMap()) fail(at(k), ek, "expected a mapping with " + mapping_with + ", got " + show(n[i]));
+            Origins local = origins;
+            for (const auto & f : fields) local[ek + "." + f] = origins.count(k) ? origins.at(k) : Origin{};
+            Reader sub{n[i], ek, local, top_file, top_dir, {}};
+            T e;
+            visit(sub, e);
+            sub.finish();
+            check(e, ek);
+            v.push_back(e);
+        }
+    }
     void datasets(const char * key, std::vector<DatasetEntry> & v);
     void phases(const char * key, std::vector<CurriculumPhase> & v);
     template <class S> void section(const char * key, S & s);
@@ -537,48 +562,24 @@ template <class S> void Reader::section(const char * key, S & s) {
 }
 
 void Reader::datasets(const char * key, std::vector<DatasetEntry> & v) {
-    YAML::Node n = get(key);
-    if (!n) return;
-    std::string k = join_key(prefix, key);
-    if (!n.IsSequence()) fail(at(k), k, "expected a list of {json, image_root} entries, got " + show(n));
-    v.clear();
-    for (size_t i = 0; i < n.size(); ++i) {
-        std::string ek = k + "[" + std::to_string(i) + "]";
-        if (!n[i].IsMap()) fail(at(k), ek, "expected a mapping with json: and image_root:, got " + show(n[i]));
-        DatasetEntry e;
-        // Entries of a list carry the list's origin for path resolution.
-        Origins local = origins;
-        local[ek + ".json"] = origins.count(k) ? origins.at(k) : Origin{};
-        local[ek + ".image_root"] = local[ek + ".json"];
-        Reader sub{n[i], ek, local, top_file, top_dir, {}};
-        visit_dataset_entry(sub, e);
-        sub.finish();
-        if (e.json.empty()) fail(at(k), ek + ".json", "missing required key (expected the path of a LLaVA JSON file)");
-        v.push_back(e);
-    }
+    const std::string k = join_key(prefix, key);
+    entries(key, v, {"json", "image_root"}, "{json, image_root}", "json: and image_root:",
+            [](Reader & sub, DatasetEntry & e) { visit_dataset_entry(sub, e); },
+            [&](const DatasetEntry & e, const std::string & ek) {
+                if (e.json.empty()) fail(at(k), ek + ".json", "missing required key (expected the path of a LLaVA JSON file)");
+            });
 }
 
 void Reader::phases(const char * key, std::vector<CurriculumPhase> & v) {
-    YAML::Node n = get(key);
-    if (!n) return;
-    std::string k = join_key(prefix, key);
-    if (n.IsNull()) { v.clear(); return; }
-    if (!n.IsSequence()) fail(at(k), k, "expected a list of {steps, train} phases, got " + show(n));
-    v.clear();
-    for (size_t i = 0; i < n.size(); ++i) {
-        std::string ek = k + "[" + std::to_string(i) + "]";
-        if (!n[i].IsMap()) fail(at(k), ek, "expected a mapping with steps: and train:, got " + show(n[i]));
-        CurriculumPhase p;
-        Origins local = origins;
-        local[ek + ".steps"] = local[ek + ".lr"] = local[ek + ".train"] = origins.count(k) ? origins.at(k) : Origin{};
-        Reader sub{n[i], ek, local, top_file, top_dir, {}};
-        visit_curriculum_phase(sub, p);
-        sub.finish();
-        if (p.steps <= 0) fail(at(k), ek + ".steps", "expected a positive number of optimizer steps, got " + std::to_string(p.steps));
-        if (p.lr < 0) fail(at(k), ek + ".lr", "expected a peak learning rate > 0, or 0 to follow train.lr's schedule");
-        if (p.train.empty()) fail(at(k), ek + ".train", "missing required key (expected a list of {json, image_root})");
-        v.push_back(p);
-    }
+    const std::string k = join_key(prefix, key);
+    entries(key, v, {"steps", "lr", "train"}, "{steps, train}", "steps: and train:",
+            [](Reader & sub, CurriculumPhase & p) { visit_curriculum_phase(sub, p); },
+            [&](const CurriculumPhase & p, const std::string & ek) {
+                if (p.steps <= 0)
+                    fail(at(k), ek + ".steps", "expected a positive number of optimizer steps, got " + std::to_string(p.steps));
+                if (p.lr < 0) fail(at(k), ek + ".lr", "expected a peak learning rate > 0, or 0 to follow train.lr's schedule");
+                if (p.train.empty()) fail(at(k), ek + ".train", "missing required key (expected a list of {json, image_root})");
+            });
 }
 
 template <class S> void Writer::section(const char * key, S & s) {

@@ -80,8 +80,8 @@ TEST_CASE("gen-shapes-dataset is deterministic by seed", "[demo]") {
     REQUIRE(run(gen_cmd(b.str("d"), 7)) == 0);
     REQUIRE(run(gen_cmd(c.str("d"), 8)) == 0);
     auto ta = tree(a.str("d")), tb = tree(b.str("d")), tc = tree(c.str("d"));
-    // 12 + 40 + 24 images and 6 other files.
-    CHECK(ta.size() == 12 + 40 + 24 + 6);
+    // 12 + 40 + 24 images and 7 other files.
+    CHECK(ta.size() == 12 + 40 + 24 + 7);
     REQUIRE(ta.size() == tb.size());
     size_t same = 0;
     for (const auto & [k, v] : ta) {

@@ -281,7 +281,7 @@ TEST_CASE("faults: a full disk while saving keeps the previous checkpoint, --res
     CHECK(same_bytes(a + "/hf/model.safetensors", b + "/hf/model.safetensors"));
 }
 
-TEST_CASE("data.curriculum: the phase's files first, then data.train; resumes inside and after the phase equal a straight run",
+TEST_CASE("data.curriculum: the phase's files first, then data.train, and resumes inside and after the phase equal a straight run",
           "[train][integration][faults]") {
     TinyWorld w(48);
     // The phase: the first 8 caption records (2 micro-batches an epoch at batch 4), for 3 steps; then all 48 (12 an epoch).
