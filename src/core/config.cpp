@@ -431,6 +431,15 @@ struct Writer {
         for (const auto & s : v) out << YAML::DoubleQuoted << s;
         out << YAML::EndSeq;
     }
+    template <class T, class Visit> void entries(const char * key, const std::vector<T> & v, Visit visit) {
+        out << YAML::Key << key << YAML::Value << YAML::BeginSeq;
+        for (const auto & e : v) {
+            out << YAML::BeginMap;
+            visit(*this, e);
+            out << YAML::EndMap;
+        }
+        out << YAML::EndSeq;
+    }
     void datasets(const char * key, const std::vector<DatasetEntry> & v);
     void phases(const char * key, const std::vector<CurriculumPhase> & v);
     template <class S> void section(const char * key, S & s);
@@ -589,24 +598,12 @@ template <class S> void Writer::section(const char * key, S & s) {
 }
 
 void Writer::datasets(const char * key, const std::vector<DatasetEntry> & v) {
-    out << YAML::Key << key << YAML::Value << YAML::BeginSeq;
-    for (const auto & e : v) {
-        out << YAML::BeginMap;
-        visit_dataset_entry(*this, e);
-        out << YAML::EndMap;
-    }
-    out << YAML::EndSeq;
+    entries(key, v, [](Writer & w, const DatasetEntry & e) { visit_dataset_entry(w, e); });
 }
 
 void Writer::phases(const char * key, const std::vector<CurriculumPhase> & v) {
     if (v.empty()) return;  // configs without a curriculum print as before
-    out << YAML::Key << key << YAML::Value << YAML::BeginSeq;
-    for (const auto & p : v) {
-        out << YAML::BeginMap;
-        visit_curriculum_phase(*this, p);
-        out << YAML::EndMap;
-    }
-    out << YAML::EndSeq;
+    entries(key, v, [](Writer & w, const CurriculumPhase & p) { visit_curriculum_phase(w, p); });
 }
 
 // ---- validation -----------------------------------------------------------------------------
