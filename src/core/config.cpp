@@ -630,10 +630,9 @@ void validate(const Config & c, const Origins & o, const std::string & top) {
     require(c.train.lr > 0, "train.lr", "must be > 0");
     require(c.train.max_steps >= 0, "train.max_steps", "must be >= 0");
     require(c.train.max_steps > 0 || c.train.epochs > 0, "train.epochs", "must be > 0 when train.max_steps is 0");
-    int64_t curriculum_steps = 0;
-    for (const auto & p : c.data.curriculum) curriculum_steps += p.steps;
-    require(c.train.max_steps == 0 || c.train.max_steps > curriculum_steps, "train.max_steps",
-            "must exceed the " + std::to_string(curriculum_steps) + " steps of data.curriculum, so that data.train gets some (got " +
+    const int64_t phase_steps = curriculum_steps(c.data);
+    require(c.train.max_steps == 0 || c.train.max_steps > phase_steps, "train.max_steps",
+            "must exceed the " + std::to_string(phase_steps) + " steps of data.curriculum, so that data.train gets some (got " +
                 std::to_string(c.train.max_steps) + ")");
     require(c.train.warmup_ratio >= 0 && c.train.warmup_ratio <= 1, "train.warmup_ratio", "must be in [0, 1]");
     require(c.train.min_lr_ratio >= 0 && c.train.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]");

@@ -83,6 +83,13 @@ struct DataConfig {
     double max_bad_fraction = 0.05;        // stop when more samples than this are malformed
 };
 
+// Optimizer steps of all data.curriculum phases together.
+inline int64_t curriculum_steps(const DataConfig & d) {
+    int64_t n = 0;
+    for (const auto & p : d.curriculum) n += p.steps;
+    return n;
+}
+
 struct TrainConfig {
     int64_t stage = 1;                     // 1 projector alignment | 2 dense finetune + GMM warm-up | 3 MoE
     std::string init_from;                 // previous stage's output directory ("" for stage 1)

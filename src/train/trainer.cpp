@@ -179,9 +179,10 @@ namespace {
 
 class LoaderSource : public BatchSource {
 public:
-    LoaderSource(const core::Config & cfg, const std::vector<core::DatasetEntry> & files, int64_t rank, int64_t world) {
+    LoaderSource(const core::Config & cfg, const std::vector<core::DatasetEntry> & files, std::shared_ptr<data::Tokenizer> tok,
+                 int64_t rank, int64_t world)
+        : tok_(std::move(tok)) {
         ds_ = std::make_shared<data::LlavaDataset>(files, cfg.data.template_name, cfg.data.max_bad_fraction);
-        tok_ = data::load_tokenizer(data::tokenizer_path(cfg));
         loader_ = std::make_unique<data::DataLoader>(ds_, tok_, data::loader_options(cfg, rank, world));
         per_epoch_ = std::max<int64_t>(1, loader_->batches_per_epoch());
     }
@@ -205,13 +206,15 @@ private:
 };
 
 // data.curriculum: each phase's files for its steps (steps x grad_accum micro-batches, the same count on every
-// rank), then data.train for the rest of the run. One loader is open at a time; its state is saved together
-// with the phase and how far into it the run is, so a resume continues inside the same phase.
+// rank), then data.train for the rest of the run. data.train's loader is open from the start (its size sets
+// the schedule; its workers build its first batches ahead); a phase's loader lives for that phase. The
+// state names the phase and how far into it the run is, so a resume continues inside the same phase.
 class CurriculumSource : public BatchSource {
 public:
-    CurriculumSource(const core::Config & cfg, int64_t rank, int64_t world) : cfg_(cfg), rank_(rank), world_(world) {
+    CurriculumSource(const core::Config & cfg, int64_t rank, int64_t world)
+        : cfg_(cfg), rank_(rank), world_(world), tok_(data::load_tokenizer(data::tokenizer_path(cfg))) {
         for (const auto & p : cfg.data.curriculum) phase_micro_.push_back(p.steps * cfg.data.grad_accum);
-        main_ = std::make_unique<LoaderSource>(cfg_, cfg_.data.train, rank_, world_);  // sizes the schedule
+        main_ = std::make_unique<LoaderSource>(cfg_, cfg_.data.train, tok_, rank_, world_);
         open(0);
     }
     data::Batch next() override {
@@ -239,11 +242,9 @@ public:
     }
     int64_t num_samples() const override { return main_->num_samples(); }
     std::string bad_sample_summary() const override {
-        std::string out;
-        for (const BatchSource * src : {static_cast<const BatchSource *>(phase_src_.get()), static_cast<const BatchSource *>(main_.get())}) {
-            std::string s = src ? src->bad_sample_summary() : std::string();
-            if (!s.empty()) out += (out.empty() ? "" : "; ") + s;
-        }
+        std::string out = closed_bad_;
+        for (const BatchSource * src : {static_cast<const BatchSource *>(phase_src_.get()), static_cast<const BatchSource *>(main_.get())})
+            if (src) append_bad(out, src->bad_sample_summary());
         return out;
     }
 
@@ -258,15 +259,21 @@ private:
         if (phase < 0 || phase > phases()) throw data::DataError("curriculum phase " + std::to_string(phase) + " out of range");
         phase_ = phase;
         in_phase_ = 0;
+        if (phase_src_) append_bad(closed_bad_, phase_src_->bad_sample_summary());  // kept for the end-of-run summary
         phase_src_.reset();  // stops the previous phase's workers
         if (phase < phases())
-            phase_src_ = std::make_unique<LoaderSource>(cfg_, cfg_.data.curriculum[static_cast<size_t>(phase)].train, rank_, world_);
+            phase_src_ = std::make_unique<LoaderSource>(cfg_, cfg_.data.curriculum[static_cast<size_t>(phase)].train, tok_, rank_, world_);
+    }
+    static void append_bad(std::string & out, const std::string & s) {
+        if (!s.empty()) out += (out.empty() ? "" : "; ") + s;
     }
     BatchSource & current() const { return phase_src_ ? *phase_src_ : *main_; }
 
     const core::Config & cfg_;
     int64_t rank_, world_;
+    std::shared_ptr<data::Tokenizer> tok_;  // one for all phases' loaders
     std::vector<int64_t> phase_micro_;
+    std::string closed_bad_;                 // bad-sample summaries of the phases already done
     std::unique_ptr<LoaderSource> main_, phase_src_;
     int64_t phase_ = 0, in_phase_ = 0;
 };
@@ -467,13 +474,12 @@ StageRun run_stage(const core::Config & cfg, const std::string & resume, std::un
     sm.llava->to(device);
     sm.llava->train(true);
 
-    if (!source && cfg.data.curriculum.empty()) source = std::make_unique<LoaderSource>(cfg, cfg.data.train, env.rank, env.world_size);
+    if (!source && cfg.data.curriculum.empty())
+        source = std::make_unique<LoaderSource>(cfg, cfg.data.train, data::load_tokenizer(data::tokenizer_path(cfg)), env.rank, env.world_size);
     if (!source) source = std::make_unique<CurriculumSource>(cfg, env.rank, env.world_size);
-    int64_t curriculum_steps = 0;
-    for (const auto & p : cfg.data.curriculum) curriculum_steps += p.steps;
     // train.epochs counts passes over data.train, after the curriculum.
     const int64_t total = cfg.train.max_steps > 0 ? cfg.train.max_steps
-                                                  : curriculum_steps + total_optimizer_steps(source->num_samples(), cfg.data.batch_size, env.world_size,
+                                                  : core::curriculum_steps(cfg.data) + total_optimizer_steps(source->num_samples(), cfg.data.batch_size, env.world_size,
                                                                                               cfg.data.grad_accum, cfg.train.epochs, 0);
     LlavaTask task(sm, *source, device, autocast_bf16);
     const FlopModel flops = make_flop_model(sm, cfg);
