@@ -486,6 +486,7 @@ template <class V, class C> void visit_dataset_entry(V & v, C & c) {
 template <class V, class C> void visit_curriculum_phase(V & v, C & c) {
     v.field("steps", c.steps);
     v.field("lr", c.lr);
+    v.field("batch_size", c.batch_size);
     v.datasets("train", c.train);
 }
 template <class V, class C> void visit_data(V & v, C & c) {
@@ -581,12 +582,14 @@ void Reader::datasets(const char * key, std::vector<DatasetEntry> & v) {
 
 void Reader::phases(const char * key, std::vector<CurriculumPhase> & v) {
     const std::string k = join_key(prefix, key);
-    entries(key, v, {"steps", "lr", "train"}, "{steps, train}", "steps: and train:",
+    entries(key, v, {"steps", "lr", "batch_size", "train"}, "{steps, train}", "steps: and train:",
             [](Reader & sub, CurriculumPhase & p) { visit_curriculum_phase(sub, p); },
             [&](const CurriculumPhase & p, const std::string & ek) {
                 if (p.steps <= 0)
                     fail(at(k), ek + ".steps", "expected a positive number of optimizer steps, got " + std::to_string(p.steps));
                 if (p.lr < 0) fail(at(k), ek + ".lr", "expected a peak learning rate > 0, or 0 to follow train.lr's schedule");
+                if (p.batch_size < 0)
+                    fail(at(k), ek + ".batch_size", "expected a micro-batch size > 0, or 0 for data.batch_size, got " + std::to_string(p.batch_size));
                 if (p.train.empty()) fail(at(k), ek + ".train", "missing required key (expected a list of {json, image_root})");
             });
 }

@@ -64,6 +64,7 @@ struct DatasetEntry {
 struct CurriculumPhase {
     int64_t steps = 0;
     double lr = 0.0;                       // > 0: the phase's own warm-up + cosine at this peak (train/schedule.h)
+    int64_t batch_size = 0;                // > 0: the phase's micro-batch per rank; 0: data.batch_size
     std::vector<DatasetEntry> train;
 };
 

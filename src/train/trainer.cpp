@@ -179,11 +179,14 @@ namespace {
 
 class LoaderSource : public BatchSource {
 public:
+    // batch_size > 0 replaces data.batch_size (a curriculum phase's own).
     LoaderSource(const core::Config & cfg, const std::vector<core::DatasetEntry> & files, std::shared_ptr<data::Tokenizer> tok,
-                 int64_t rank, int64_t world)
+                 int64_t rank, int64_t world, int64_t batch_size = 0)
         : tok_(std::move(tok)) {
         ds_ = std::make_shared<data::LlavaDataset>(files, cfg.data.template_name, cfg.data.max_bad_fraction);
-        loader_ = std::make_unique<data::DataLoader>(ds_, tok_, data::loader_options(cfg, rank, world));
+        data::LoaderOptions opt = data::loader_options(cfg, rank, world);
+        if (batch_size > 0) opt.batch_size = batch_size;
+        loader_ = std::make_unique<data::DataLoader>(ds_, tok_, opt);
         per_epoch_ = std::max<int64_t>(1, loader_->batches_per_epoch());
     }
     data::Batch next() override { return loader_->next(); }
@@ -261,8 +264,10 @@ private:
         in_phase_ = 0;
         if (phase_src_) append_bad(closed_bad_, phase_src_->bad_sample_summary());  // kept for the end-of-run summary
         phase_src_.reset();  // stops the previous phase's workers
-        if (phase < phases())
-            phase_src_ = std::make_unique<LoaderSource>(cfg_, cfg_.data.curriculum[static_cast<size_t>(phase)].train, tok_, rank_, world_);
+        if (phase < phases()) {
+            const auto & p = cfg_.data.curriculum[static_cast<size_t>(phase)];
+            phase_src_ = std::make_unique<LoaderSource>(cfg_, p.train, tok_, rank_, world_, p.batch_size);
+        }
     }
     static void append_bad(std::string & out, const std::string & s) {
         if (!s.empty()) out += (out.empty() ? "" : "; ") + s;

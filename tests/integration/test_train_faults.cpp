@@ -340,4 +340,20 @@ TEST_CASE("data.curriculum: the phase's files first, then data.train, and resume
         INFO("step " << step);
         CHECK(j["lr"].get<double>() == Approx(step <= 3 ? phase_lr.at(step - 1) : main_lr.at(step - 4)).margin(1e-12));
     }
+
+    // The phase with its own micro-batch (2 instead of data.batch_size 4): its 3 steps equal a run on the
+    // phase's files at batch 2 (4 micro-batches an epoch), then data.train continues at batch 4.
+    const std::string e = w.dir.str("e"), r2 = w.dir.str("r2");
+    const std::string small = "  curriculum:\n    - steps: 3\n      batch_size: 2\n      train:\n        - json: " + w.dir.str("head.json") +
+                              "\n          image_root: " + w.dir.str("data/images") + "\n";
+    REQUIRE(run_train({"--config", w.config("e.yaml", e, N, 0, 4, "", small)}, w.dir.str("e.log")) == 0);
+    REQUIRE(run_train({"--config", w.config("r2.yaml", r2, N, 0, 2, w.dir.str("head.json"))}, w.dir.str("r2.log")) == 0);
+    const auto re = records(e + "/metrics.jsonl"), rr2 = records(r2 + "/metrics.jsonl");
+    REQUIRE(re.size() == static_cast<size_t>(N));
+    for (int64_t step = 1; step <= 3; ++step) {
+        INFO("step " << step);
+        CHECK(re.at(step)["loss"].get<double>() == rr2.at(step)["loss"].get<double>());
+        CHECK(re.at(step)["epoch"].get<double>() == Approx(step / 4.0));
+    }
+    CHECK(re.at(4)["epoch"].get<double>() == Approx(1.0 / 12.0));
 }

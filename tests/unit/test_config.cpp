@@ -159,13 +159,15 @@ TEST_CASE("config: data.curriculum phases parse, resolve their paths, print back
                                             "train:\n  stage: 1\n" + train);
         return d.str("run/c.yaml");
     };
-    const std::string two = "    - steps: 600\n      lr: 1.0e-3\n      train:\n        - json: first.json\n          image_root: img\n"
+    const std::string two = "    - steps: 600\n      lr: 1.0e-3\n      batch_size: 16\n      train:\n        - json: first.json\n          image_root: img\n"
                             "    - steps: 50\n      train:\n        - json: second.json\n";
     Config c = load_config(with(two));
     REQUIRE(c.data.curriculum.size() == 2);
     CHECK(c.data.curriculum[0].steps == 600);
     CHECK(c.data.curriculum[0].lr == 1e-3);
     CHECK(c.data.curriculum[1].lr == 0.0);
+    CHECK(c.data.curriculum[0].batch_size == 16);
+    CHECK(c.data.curriculum[1].batch_size == 0);
     CHECK(c.data.curriculum[0].train.at(0).json == d.str("run/first.json"));
     CHECK(c.data.curriculum[0].train.at(0).image_root == d.str("run/img"));
     CHECK(c.data.curriculum[1].train.at(0).json == d.str("run/second.json"));
@@ -178,6 +180,8 @@ TEST_CASE("config: data.curriculum phases parse, resolve their paths, print back
                Catch::Contains("c.yaml:6: data.curriculum[0].steps: expected a positive number of optimizer steps, got 0"));
     CHECK_THAT(error_of([&] { load_config(with("    - steps: 5\n      lr: -1\n      train:\n        - json: a.json\n")); }),
                Catch::Contains("data.curriculum[0].lr: expected a peak learning rate > 0, or 0 to follow train.lr's schedule"));
+    CHECK_THAT(error_of([&] { load_config(with("    - steps: 5\n      batch_size: -2\n      train:\n        - json: a.json\n")); }),
+               Catch::Contains("data.curriculum[0].batch_size: expected a micro-batch size > 0, or 0 for data.batch_size, got -2"));
     CHECK_THAT(error_of([&] { load_config(with("    - steps: 5\n")); }),
                Catch::Contains("data.curriculum[0].train: missing required key"));
     CHECK_THAT(error_of([&] { load_config(with("    - step: 5\n")); }),
