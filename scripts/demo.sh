@@ -37,9 +37,12 @@ echo "== tokenizer: train-bpe-tokenizer -> $OUT_DIR/tokenizer.json"
 # The tower is pretrained on its own labelled images (data_tools/tower_pretrain.h), standing in for CLIP's
 # pretraining: with a random tower the decoder never learned to read shape, and without the column/row
 # heads (--pretrain-position) the tokens kept too little of where they are for left/right questions.
+# The scene heads (which shapes and colours the image holds, on object tokens, weight 0.3) let the
+# decoder learn presence; at weight 1 it stopped reading the side (docs/demo_notes.md).
 echo "== models: make-tiny-models -> $OUT_DIR/models (tower pretrained on $OUT_DIR/data/tower_labels.jsonl)"
 "$BUILD/make-tiny-models" --tokenizer "$OUT_DIR/tokenizer.json" --out "$OUT_DIR/models" --seed 0 \
-  --pretrain-tower "$OUT_DIR/data/tower_labels.jsonl" --pretrain-steps 1000 --pretrain-position
+  --pretrain-tower "$OUT_DIR/data/tower_labels.jsonl" --pretrain-steps 2000 --pretrain-position \
+  --vision-layers 3 --pretrain-scene --pretrain-scene-on-objects --pretrain-scene-no-counts --pretrain-scene-weight 0.3
 
 echo "== configs: resolve every demo stage"
 for s in stage1 stage2 stage3 stage3_linear_aux; do

@@ -55,9 +55,15 @@ TEST_CASE("demo: shortened end to end, stage 1 -> 2 -> 3 (ida and linear_aux) ->
                    t.str("models") + " --seed 0", log) == 0);
 
     const std::string quick = " --set train.max_steps=3 --set data.batch_size=4 --set train.log_every=1";
+    // stage 2's presence phase shortened to 1 step of 2 (its own lr and file as configured)
+    const std::string phase = " --set 'data.curriculum=[{steps: 1, lr: 3.0e-4, batch_size: 2, train: [{json: " + t.str("data/presence_first.json") +
+                              ", image_root: " + t.str("data/images") + "}]}]'";
     for (const char * stage : {"stage1", "stage2", "stage3", "stage3_linear_aux"}) {
         INFO("stage " << stage);
-        REQUIRE(sh(binary_path("idamoe-train") + " --config " + configs + "/" + stage + ".yaml" + quick, log) == 0);
+        REQUIRE(sh(binary_path("idamoe-train") + " --config " + configs + "/" + stage + ".yaml" + quick +
+                       (std::string(stage) == "stage2" ? phase : ""), log) == 0);
+        if (std::string(stage) == "stage2")
+            CHECK_THAT(idamoe::test::read_file(log), Catch::Contains("curriculum phase 0 done (1 steps); next: data.train"));
     }
     for (const char * out : {"stage1", "stage2", "stage3_ida", "stage3_linear_aux"}) {
         INFO("output " << out);
