@@ -40,7 +40,8 @@ echo "== tokenizer: train-bpe-tokenizer -> $OUT_DIR/tokenizer.json"
 # The scene heads (which shapes and colours the image holds, on object tokens, weight 0.3) let the
 # decoder learn presence; at weight 1 it stopped reading the side (docs/demo_notes.md).
 echo "== models: make-tiny-models -> $OUT_DIR/models (tower pretrained on $OUT_DIR/data/tower_labels.jsonl)"
-"$BUILD/make-tiny-models" --tokenizer "$OUT_DIR/tokenizer.json" --out "$OUT_DIR/models" --seed 0 \
+# One thread: this small tower's pretraining ran several times slower on two (half the time in the kernel).
+OMP_NUM_THREADS=1 "$BUILD/make-tiny-models" --tokenizer "$OUT_DIR/tokenizer.json" --out "$OUT_DIR/models" --seed 0 \
   --pretrain-tower "$OUT_DIR/data/tower_labels.jsonl" --pretrain-steps 2000 --pretrain-position \
   --vision-layers 3 --pretrain-scene --pretrain-scene-on-objects --pretrain-scene-no-counts --pretrain-scene-weight 0.3
 
