@@ -290,22 +290,29 @@ TEST_CASE("data.curriculum: the phase's files first, then data.train, and resume
     const std::string phase = "  curriculum:\n    - steps: 3\n      train:\n        - json: " + w.dir.str("head.json") +
                               "\n          image_root: " + w.dir.str("data/images") + "\n";
     const int64_t N = 8;
-    const std::string a = w.dir.str("a"), b = w.dir.str("b"), r = w.dir.str("r");
-    REQUIRE(run_train({"--config", w.config("a.yaml", a, N, 2, 4, "", phase)}, w.dir.str("a.log")) == 0);
-    const std::string log_a = read_file(w.dir.str("a.log"));
-    INFO(log_a);
-    CHECK_THAT(log_a, Catch::Contains("curriculum phase 0 done (3 steps); next: data.train"));
-    // The same run on the phase's files alone: the same batches, weights and learning rates for 3 steps.
-    REQUIRE(run_train({"--config", w.config("r.yaml", r, N, 0, 4, w.dir.str("head.json"))}, w.dir.str("r.log")) == 0);
-    const auto ra = records(a + "/metrics.jsonl"), rr = records(r + "/metrics.jsonl");
-    REQUIRE(ra.size() == static_cast<size_t>(N));
-    for (int64_t step = 1; step <= 3; ++step) {
-        INFO("step " << step);
-        CHECK(ra.at(step)["loss"].get<double>() == rr.at(step)["loss"].get<double>());
-        CHECK(ra.at(step)["epoch"].get<double>() == Approx(step / 2.0));
-    }
-    // Step 4 is data.train's first batch: epoch 1/12 of the 48 records, and another loss than the phase's files give.
-    CHECK(ra.at(4)["epoch"].get<double>() == Approx(1.0 / 12.0));
+    const std::string a = w.dir.str("a"), b = w.dir.str("b");
+    // Runs `curriculum` (save_every 2) and the same config on the phase's files alone at the phase's micro-batch:
+    // the same batches, weights and learning rates for 3 steps; step 4 is data.train's first batch at batch 4,
+    // epoch 1/12 of the 48 records. Returns both runs' records.
+    auto phase_then_main = [&](const std::string & out, const std::string & curriculum, int64_t phase_batch) {
+        const std::string ref = out + "_ref";
+        REQUIRE(run_train({"--config", w.config(out + ".yaml", out, N, 2, 4, "", curriculum)}, out + ".log") == 0);
+        const std::string log = read_file(out + ".log");
+        INFO(log);
+        CHECK_THAT(log, Catch::Contains("curriculum phase 0 done (3 steps); next: data.train"));
+        REQUIRE(run_train({"--config", w.config(out + "_ref.yaml", ref, N, 0, phase_batch, w.dir.str("head.json"))}, ref + ".log") == 0);
+        auto got = records(out + "/metrics.jsonl"), want = records(ref + "/metrics.jsonl");
+        REQUIRE(got.size() == static_cast<size_t>(N));
+        for (int64_t step = 1; step <= 3; ++step) {
+            INFO("step " << step);
+            CHECK(got.at(step)["loss"].get<double>() == want.at(step)["loss"].get<double>());
+            CHECK(got.at(step)["epoch"].get<double>() == Approx(static_cast<double>(step * phase_batch) / 8.0));
+        }
+        CHECK(got.at(4)["epoch"].get<double>() == Approx(1.0 / 12.0));
+        return std::make_pair(got, want);
+    };
+    const auto [ra, rr] = phase_then_main(a, phase, 4);
+    // and another loss than the phase's files give at step 4
     CHECK(rr.at(4)["epoch"].get<double>() == Approx(2.0));
     CHECK(ra.at(4)["loss"].get<double>() != rr.at(4)["loss"].get<double>());
 
@@ -343,17 +350,7 @@ TEST_CASE("data.curriculum: the phase's files first, then data.train, and resume
 
     // The phase with its own micro-batch (2 instead of data.batch_size 4): its 3 steps equal a run on the
     // phase's files at batch 2 (4 micro-batches an epoch), then data.train continues at batch 4.
-    const std::string e = w.dir.str("e"), r2 = w.dir.str("r2");
     const std::string small = "  curriculum:\n    - steps: 3\n      batch_size: 2\n      train:\n        - json: " + w.dir.str("head.json") +
                               "\n          image_root: " + w.dir.str("data/images") + "\n";
-    REQUIRE(run_train({"--config", w.config("e.yaml", e, N, 0, 4, "", small)}, w.dir.str("e.log")) == 0);
-    REQUIRE(run_train({"--config", w.config("r2.yaml", r2, N, 0, 2, w.dir.str("head.json"))}, w.dir.str("r2.log")) == 0);
-    const auto re = records(e + "/metrics.jsonl"), rr2 = records(r2 + "/metrics.jsonl");
-    REQUIRE(re.size() == static_cast<size_t>(N));
-    for (int64_t step = 1; step <= 3; ++step) {
-        INFO("step " << step);
-        CHECK(re.at(step)["loss"].get<double>() == rr2.at(step)["loss"].get<double>());
-        CHECK(re.at(step)["epoch"].get<double>() == Approx(step / 4.0));
-    }
-    CHECK(re.at(4)["epoch"].get<double>() == Approx(1.0 / 12.0));
+    phase_then_main(w.dir.str("e"), small, 2);
 }
