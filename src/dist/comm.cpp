@@ -12,6 +12,12 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/Work.hpp>
+// A pip LibTorch defines USE_C10D_GLOO but ships no gloo headers: Gloo is then not offered (NCCL only).
+#if defined(USE_C10D_GLOO) && defined(__has_include)
+#if !__has_include(<gloo/algorithm.h>)
+#undef USE_C10D_GLOO
+#endif
+#endif
 #ifdef USE_C10D_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #endif

@@ -2,7 +2,7 @@
 #include "dist/grad_reducer.h"
 
 #include <torch/csrc/autograd/function.h>
-#include <torch/csrc/autograd/utils/lambda_post_hook.h>
+#include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 
 #include <chrono>
@@ -13,6 +13,18 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// Calls `fn` after the node ran, leaving its outputs as they are. Our own instead of LibTorch's
+// utils::LambdaPostHook, whose 2.x header pulls in the compiled-autograd (dynamo) headers.
+struct AfterAccumulate : torch::autograd::FunctionPostHook {
+    explicit AfterAccumulate(std::function<void()> fn) : fn(std::move(fn)) {}
+    torch::autograd::variable_list operator()(const torch::autograd::variable_list & outputs,
+                                              const torch::autograd::variable_list &) override {
+        fn();
+        return outputs;
+    }
+    std::function<void()> fn;
+};
 
 }  // namespace
 
@@ -79,11 +91,8 @@ GradReducer::GradReducer(std::vector<torch::Tensor> params, Comm & comm, size_t 
         auto h = std::make_unique<HookHandle>();
         h->accumulator = torch::autograd::impl::grad_accumulator(slots_[i].param);
         TORCH_CHECK(h->accumulator, "dist::GradReducer: no gradient accumulator for parameter slot ", i);
-        h->key = h->accumulator->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
-            [this, i](const torch::autograd::variable_list & outputs, const torch::autograd::variable_list &) {
-                on_accumulated(static_cast<int64_t>(i));
-                return outputs;
-            }));
+        h->key = h->accumulator->add_post_hook(
+            std::make_unique<AfterAccumulate>([this, i] { on_accumulated(static_cast<int64_t>(i)); }));
         hooks_.push_back(std::move(h));
     }
     spdlog::debug("dist: GradReducer {} params in {} buckets ({:.1f} MB), overlap {}", stats_.n_params,
