@@ -1,9 +1,12 @@
 // defines: fixture_path, TempDir, write_text, read_file — shared helpers for the Catch2 suite
 #pragma once
 
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
-#include <random>
 #include <sstream>
 #include <string>
 
@@ -15,9 +18,15 @@ inline std::string binary_path(const std::string & name) { return std::string(ID
 // A fresh directory under the system temp dir, removed when the test ends.
 struct TempDir {
     std::filesystem::path path;
+    // Unique by process, time and a per-process counter. Not std::random_device: on the H100 machine
+    // (Ubuntu 24.04, g++ 13.3, LibTorch 2.11) every test that made a TempDir crashed (SIGSEGV) while the
+    // same file operations in the binaries ran; random_device was the one thing only TempDir did
+    // (docs/gpu.md: unconfirmed, no device time was left to rerun).
     TempDir() {
-        std::random_device rd;
-        path = std::filesystem::temp_directory_path() / ("idamoe_test_" + std::to_string(rd()) + std::to_string(rd()));
+        static std::atomic<unsigned> counter{0};
+        const auto now = std::chrono::steady_clock::now().time_since_epoch().count();
+        path = std::filesystem::temp_directory_path() /
+               ("idamoe_test_" + std::to_string(::getpid()) + "_" + std::to_string(now) + "_" + std::to_string(counter++));
         std::filesystem::create_directories(path);
     }
     ~TempDir() {

@@ -1,7 +1,8 @@
 // core/autocast.h: model.dtype bfloat16 is refused on CPU with the reason, and the IDA-MoE router keeps
 // its autoencoder/GMM math in fp32 when the caller runs under autocast. The CUDA autocast path itself is
-// unverified (no GPU here); the router's Fp32Region is checked under CPU autocast, which shares the
-// mechanism (a thread-local dispatch key the region switches off for both device types).
+// checked by tests/unit/test_cuda.cpp on a GPU machine (not in CI); here the router's Fp32Region is checked
+// under CPU autocast, which shares the mechanism (a thread-local dispatch key the region switches off for
+// both device types).
 #include "core/autocast.h"
 #include "core/config.h"
 #include "moe/ida_router.h"
