@@ -3,6 +3,7 @@
 //                [--print-config] [--dry-run] [--inspect-data N] [--log-level LEVEL]
 //   idamoe-train bench --model DIR [--batch B] [--seq T] [--steps N] [--warmup W] [--threads K]
 //                [--moe ROUTER] [--experts N] [--top-k K] [--vision DIR --images I] [--device cpu|cuda|auto]
+//                [--dtype float32|bfloat16]
 // Exit codes: 0 done (or stopped by train.stop_after), 1 runtime failure, 2 configuration/input error,
 // 4 stopped by the non-finite guard, 128+N stopped by signal N (a checkpoint was written: --resume auto).
 #include "core/config.h"
@@ -65,6 +66,8 @@ int bench_main(int argc, char ** argv) {
     app.add_option("--vision", o.vision_dir, "HF CLIP/SigLIP directory: prepend projected image features")->check(CLI::ExistingDirectory);
     app.add_option("--images", o.images, "images per sequence (with --vision)")->check(CLI::PositiveNumber);
     app.add_option("--device", o.device, "auto|cpu|cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+    app.add_option("--dtype", o.dtype, "float32|bfloat16 (bf16 autocast, fp32 master weights; CUDA only)")
+        ->check(CLI::IsMember({"float32", "bfloat16"}));
     app.add_flag("--activation-checkpointing", o.activation_checkpointing, "recompute decoder layers in backward");
     app.add_option("--lr", o.lr, "constant AdamW learning rate (no weight decay), as the HF peer bench")->check(CLI::NonNegativeNumber);
     app.add_option("--grad-clip", o.grad_clip, "clip the global gradient norm (0 = off, as the HF peer bench)")->check(CLI::NonNegativeNumber);

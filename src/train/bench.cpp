@@ -1,6 +1,7 @@
 // defines: run_bench
 #include "train/bench.h"
 
+#include "core/autocast.h"
 #include "core/config.h"
 #include "core/runtime.h"
 #include "io/hf_loader.h"
@@ -31,7 +32,8 @@ namespace {
 class BenchTask : public TrainTask {
 public:
     BenchTask(model::CausalLM lm, model::VisionTower tower, model::Projector proj, const BenchOptions & o, torch::Device dev)
-        : lm_(std::move(lm)), tower_(std::move(tower)), proj_(std::move(proj)), o_(o), dev_(dev), gen_(at::detail::createCPUGenerator(o.seed)) {}
+        : lm_(std::move(lm)), tower_(std::move(tower)), proj_(std::move(proj)), o_(o), dev_(dev),
+          bf16_(core::check_compute_dtype(o.dtype, dev)), gen_(at::detail::createCPUGenerator(o.seed)) {}
 
     int64_t load_micro_batch(int64_t) override {
         if (o_.same_batch && ids_BT_.defined()) return o_.batch * (o_.seq - 1);
@@ -45,6 +47,7 @@ public:
     }
 
     MicroBatchResult forward(int64_t) override {
+        const core::AutocastScope autocast(bf16_);  // as the trainer: forward and loss, backward outside
         torch::Tensor x_BTD = lm_->embed(ids_BT_);
         int64_t n_img_tok = 0;
         if (!tower_.is_empty()) {
@@ -88,6 +91,7 @@ private:
     model::Projector proj_;
     BenchOptions o_;
     torch::Device dev_;
+    bool bf16_;
     at::Generator gen_;
     torch::Tensor ids_BT_, images_ICHW_, first_ids_BT_;
 };
@@ -218,6 +222,7 @@ nlohmann::json run_bench(const BenchOptions & o) {
     j["batch"] = o.batch;
     j["seq"] = o.seq;
     j["steps"] = o.steps;
+    j["dtype"] = o.dtype;
     j["moe"] = o.moe.empty() ? "dense" : o.moe;
     if (!o.moe.empty()) {
         j["experts"] = o.experts;

@@ -23,6 +23,7 @@ struct BenchOptions {
     std::string vision_dir;
     int64_t images = 1;                 // images per sequence when vision_dir is set
     std::string device = "auto";
+    std::string dtype = "float32";      // bfloat16: forward + loss under CUDA bf16 autocast, as model.dtype (CUDA only)
     bool activation_checkpointing = false;
     uint64_t seed = 0;
     // Optimizer as the Hugging Face peer (scripts/bench_vs_hf.py) runs it: constant lr, AdamW without
