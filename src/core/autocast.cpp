@@ -1,4 +1,4 @@
-// defines: AutocastScope, Fp32Region, check_compute_dtype (see autocast.h; CUDA branch unverified on GPU)
+// defines: AutocastScope, Fp32Region, check_compute_dtype (see autocast.h; CUDA branch checked on an H100, docs/gpu.md)
 #include "core/autocast.h"
 
 #include "core/config.h"

@@ -13,8 +13,9 @@
 // with a message, rather than silently ignored or honoured by CPU autocast, whose bf16 kernels are
 // slower than fp32 ones on most CPUs and whose results the resume/equality tests would no longer pin down.
 //
-// UNVERIFIED ON GPU: the CUDA branch of AutocastScope has been compiled against LibTorch 1.13 only (this
-// project's machines have no GPU); its behaviour under a CUDA build has never been run.
+// Checked on an H100 with LibTorch 2.11 + CUDA 13 (docs/gpu.md, tests/unit/test_cuda.cpp): under the scope
+// the decoders' logits are bf16 and within 5e-3 (relative L2) of the fp32 HF reference, gradients fp32,
+// and the IDA router's decisions and loss equal the fp32 ones exactly.
 // API: LibTorch 1.13-2.3 have at::autocast::set_enabled / set_autocast_gpu_dtype; 2.4 deprecates them
 // for set_autocast_enabled(DeviceType, bool) / set_autocast_dtype(DeviceType, dtype) (guarded in the .cpp).
 #pragma once

@@ -306,7 +306,7 @@ public:
         auto ids_BT = b.input_ids.to(device_), mask_BT = b.attention_mask.to(device_), labels_BT = b.labels.to(device_);
         torch::Tensor images_ICHW = b.images.defined() ? b.images.to(device_) : torch::Tensor();
         // model.dtype bfloat16 on CUDA: forward and loss under bf16 autocast, fp32 master weights; backward
-        // runs outside the scope, as autocast requires (unverified on GPU, see core/autocast.h).
+        // runs outside the scope, as autocast requires (core/autocast.h; checked on an H100, docs/gpu.md).
         const core::AutocastScope autocast(autocast_bf16_);
         model::LlavaOutput out = sm_.llava->forward(ids_BT, mask_BT, images_ICHW);
         MicroBatchResult r;
