@@ -222,7 +222,9 @@ public:
     }
     data::Batch next() override {
         while (phase_ < phases() && in_phase_ >= phase_micro_[static_cast<size_t>(phase_)]) {
-            spdlog::info("data: curriculum phase {} done ({} steps); next: {}", phase_, cfg_.data.curriculum[static_cast<size_t>(phase_)].steps,
+            const core::CurriculumPhase & p = cfg_.data.curriculum[static_cast<size_t>(phase_)];
+            spdlog::info("data: curriculum phase {} done ({} steps, batch {}); next: {}", phase_, p.steps,
+                         p.batch_size > 0 ? p.batch_size : cfg_.data.batch_size,
                          phase_ + 1 < phases() ? "phase " + std::to_string(phase_ + 1) : std::string("data.train"));
             open(phase_ + 1);
         }
@@ -508,7 +510,17 @@ StageRun run_stage(const core::Config & cfg, const std::string & resume, std::un
         opt.dist.barrier = [&]() { comm->barrier("checkpoint"); };
         opt.dist.gather = [&](const std::string & mine) { return comm->all_gather_bytes(mine, "checkpoint rank state"); };
     }
-    spdlog::info("stage {}: {} optimizer steps (batch {} x grad_accum {} x world {}), device {}", cfg.train.stage, total,
+    for (size_t i = 0; i < cfg.data.curriculum.size(); ++i) {
+        const core::CurriculumPhase & p = cfg.data.curriculum[i];
+        const int64_t batch = p.batch_size > 0 ? p.batch_size : cfg.data.batch_size;
+        if (p.lr > 0)
+            spdlog::info("data: curriculum phase {}: {} steps, batch {} per rank, {} file(s), own warm-up and cosine to lr {:g}",
+                         i, p.steps, batch, p.train.size(), p.lr);
+        else
+            spdlog::info("data: curriculum phase {}: {} steps, batch {} per rank, {} file(s), on the run's lr schedule", i,
+                         p.steps, batch, p.train.size());
+    }
+    spdlog::info("stage {}: {} optimizer steps (data.train: batch {} x grad_accum {} x world {}), device {}", cfg.train.stage, total,
                  cfg.data.batch_size, cfg.data.grad_accum, env.world_size, opt.device_name);
 
     StageRun run;

@@ -63,7 +63,7 @@ TEST_CASE("demo: shortened end to end, stage 1 -> 2 -> 3 (ida and linear_aux) ->
         REQUIRE(sh(binary_path("idamoe-train") + " --config " + configs + "/" + stage + ".yaml" + quick +
                        (std::string(stage) == "stage2" ? phase : ""), log) == 0);
         if (std::string(stage) == "stage2")
-            CHECK_THAT(idamoe::test::read_file(log), Catch::Contains("curriculum phase 0 done (1 steps); next: data.train"));
+            CHECK_THAT(idamoe::test::read_file(log), Catch::Contains("curriculum phase 0 done (1 steps, batch 2); next: data.train"));
     }
     for (const char * out : {"stage1", "stage2", "stage3_ida", "stage3_linear_aux"}) {
         INFO("output " << out);

@@ -299,7 +299,9 @@ TEST_CASE("data.curriculum: the phase's files first, then data.train, and resume
         REQUIRE(run_train({"--config", w.config(out + ".yaml", out, N, 2, 4, "", curriculum)}, out + ".log") == 0);
         const std::string log = read_file(out + ".log");
         INFO(log);
-        CHECK_THAT(log, Catch::Contains("curriculum phase 0 done (3 steps); next: data.train"));
+        CHECK_THAT(log, Catch::Contains("curriculum phase 0: 3 steps, batch " + std::to_string(phase_batch) + " per rank"));
+        CHECK_THAT(log, Catch::Contains("curriculum phase 0 done (3 steps, batch " + std::to_string(phase_batch) +
+                                        "); next: data.train"));
         REQUIRE(run_train({"--config", w.config(out + "_ref.yaml", ref, N, 0, phase_batch, w.dir.str("head.json"))}, ref + ".log") == 0);
         auto got = records(out + "/metrics.jsonl"), want = records(ref + "/metrics.jsonl");
         REQUIRE(got.size() == static_cast<size_t>(N));
