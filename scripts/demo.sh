@@ -38,11 +38,12 @@ echo "== tokenizer: train-bpe-tokenizer -> $OUT_DIR/tokenizer.json"
 # pretraining: with a random tower the decoder never learned to read shape, and without the column/row
 # heads (--pretrain-position) the tokens kept too little of where they are for left/right questions.
 # The scene heads (which shapes and colours the image holds, on object tokens, weight 0.3) let the
-# decoder learn presence; at weight 1 it stopped reading the side (docs/demo_notes.md).
+# decoder learn presence; at weight 1 it stopped reading the side (docs/demo_notes.md). 1200 steps (68 s on
+# one thread): object tokens 96% shape, 100% colour, 99.8% column on held-out images.
 echo "== models: make-tiny-models -> $OUT_DIR/models (tower pretrained on $OUT_DIR/data/tower_labels.jsonl)"
 # One thread: this small tower's pretraining ran several times slower on two (half the time in the kernel).
 OMP_NUM_THREADS=1 "$BUILD/make-tiny-models" --tokenizer "$OUT_DIR/tokenizer.json" --out "$OUT_DIR/models" --seed 0 \
-  --pretrain-tower "$OUT_DIR/data/tower_labels.jsonl" --pretrain-steps 2000 --pretrain-position \
+  --pretrain-tower "$OUT_DIR/data/tower_labels.jsonl" --pretrain-steps 1200 --pretrain-position \
   --vision-layers 3 --pretrain-scene --pretrain-scene-on-objects --pretrain-scene-no-counts --pretrain-scene-weight 0.3
 
 echo "== configs: resolve every demo stage"
