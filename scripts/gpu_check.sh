@@ -144,7 +144,7 @@ if want ctest && [ -x "$B/idamoe_tests" ]; then
   say "ctest (CPU suite on the CUDA build; at most ${cap} s)"
   excl=""
   command -v mpirun >/dev/null || excl="mpirun"
-  (cd "$B" && timeout $(( cap > 20 ? cap : 20 )) ctest -j "$(nproc)" --timeout 240 ${excl:+-E $excl} > "$OUT/ctest.log" 2>&1)
+  (cd "$B" && timeout $(( cap > 20 ? cap : 20 )) ctest -j "$(nproc)" --timeout 240 --output-on-failure ${excl:+-E $excl} > "$OUT/ctest.log" 2>&1)
   grep -E "tests passed|tests failed|\(Failed\)|\(Timeout\)|Exception" "$OUT/ctest.log" | tail -30
   note "ctest: $(grep -E 'tests passed' "$OUT/ctest.log" || echo "stopped at the ${cap} s cap: $(grep -c ' Passed ' "$OUT/ctest.log") passed, $(grep -cE '\*\*\*Failed|\*\*\*Timeout|Exception' "$OUT/ctest.log") failed so far")${excl:+ (excluded: $excl, no Open MPI here)}"
 fi
