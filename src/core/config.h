@@ -91,6 +91,11 @@ inline int64_t curriculum_steps(const DataConfig & d) {
     return n;
 }
 
+// A curriculum phase's micro-batch per rank: its own batch_size, or data.batch_size when that is 0.
+inline int64_t phase_batch_size(const DataConfig & d, const CurriculumPhase & p) {
+    return p.batch_size > 0 ? p.batch_size : d.batch_size;
+}
+
 struct TrainConfig {
     int64_t stage = 1;                     // 1 projector alignment | 2 dense finetune + GMM warm-up | 3 MoE
     std::string init_from;                 // previous stage's output directory ("" for stage 1)

@@ -179,13 +179,13 @@ namespace {
 
 class LoaderSource : public BatchSource {
 public:
-    // batch_size > 0 replaces data.batch_size (a curriculum phase's own).
+    // `batch_size`: data.batch_size for data.train, core::phase_batch_size for a curriculum phase.
     LoaderSource(const core::Config & cfg, const std::vector<core::DatasetEntry> & files, std::shared_ptr<data::Tokenizer> tok,
-                 int64_t rank, int64_t world, int64_t batch_size = 0)
+                 int64_t rank, int64_t world, int64_t batch_size)
         : tok_(std::move(tok)) {
         ds_ = std::make_shared<data::LlavaDataset>(files, cfg.data.template_name, cfg.data.max_bad_fraction);
         data::LoaderOptions opt = data::loader_options(cfg, rank, world);
-        if (batch_size > 0) opt.batch_size = batch_size;
+        opt.batch_size = batch_size;
         loader_ = std::make_unique<data::DataLoader>(ds_, tok_, opt);
         per_epoch_ = std::max<int64_t>(1, loader_->batches_per_epoch());
     }
@@ -217,14 +217,14 @@ public:
     CurriculumSource(const core::Config & cfg, int64_t rank, int64_t world)
         : cfg_(cfg), rank_(rank), world_(world), tok_(data::load_tokenizer(data::tokenizer_path(cfg))) {
         for (const auto & p : cfg.data.curriculum) phase_micro_.push_back(p.steps * cfg.data.grad_accum);
-        main_ = std::make_unique<LoaderSource>(cfg_, cfg_.data.train, tok_, rank_, world_);
+        main_ = std::make_unique<LoaderSource>(cfg_, cfg_.data.train, tok_, rank_, world_, cfg_.data.batch_size);
         open(0);
     }
     data::Batch next() override {
         while (phase_ < phases() && in_phase_ >= phase_micro_[static_cast<size_t>(phase_)]) {
             const core::CurriculumPhase & p = cfg_.data.curriculum[static_cast<size_t>(phase_)];
             spdlog::info("data: curriculum phase {} done ({} steps, batch {}); next: {}", phase_, p.steps,
-                         p.batch_size > 0 ? p.batch_size : cfg_.data.batch_size,
+                         core::phase_batch_size(cfg_.data, p),
                          phase_ + 1 < phases() ? "phase " + std::to_string(phase_ + 1) : std::string("data.train"));
             open(phase_ + 1);
         }
@@ -268,7 +268,7 @@ private:
         phase_src_.reset();  // stops the previous phase's workers
         if (phase < phases()) {
             const auto & p = cfg_.data.curriculum[static_cast<size_t>(phase)];
-            phase_src_ = std::make_unique<LoaderSource>(cfg_, p.train, tok_, rank_, world_, p.batch_size);
+            phase_src_ = std::make_unique<LoaderSource>(cfg_, p.train, tok_, rank_, world_, core::phase_batch_size(cfg_.data, p));
         }
     }
     static void append_bad(std::string & out, const std::string & s) {
@@ -482,7 +482,8 @@ StageRun run_stage(const core::Config & cfg, const std::string & resume, std::un
     sm.llava->train(true);
 
     if (!source && cfg.data.curriculum.empty())
-        source = std::make_unique<LoaderSource>(cfg, cfg.data.train, data::load_tokenizer(data::tokenizer_path(cfg)), env.rank, env.world_size);
+        source = std::make_unique<LoaderSource>(cfg, cfg.data.train, data::load_tokenizer(data::tokenizer_path(cfg)), env.rank,
+                                                env.world_size, cfg.data.batch_size);
     if (!source) source = std::make_unique<CurriculumSource>(cfg, env.rank, env.world_size);
     // train.epochs counts passes over data.train, after the curriculum.
     const int64_t total = cfg.train.max_steps > 0 ? cfg.train.max_steps
@@ -512,13 +513,9 @@ StageRun run_stage(const core::Config & cfg, const std::string & resume, std::un
     }
     for (size_t i = 0; i < cfg.data.curriculum.size(); ++i) {
         const core::CurriculumPhase & p = cfg.data.curriculum[i];
-        const int64_t batch = p.batch_size > 0 ? p.batch_size : cfg.data.batch_size;
-        if (p.lr > 0)
-            spdlog::info("data: curriculum phase {}: {} steps, batch {} per rank, {} file(s), own warm-up and cosine to lr {:g}",
-                         i, p.steps, batch, p.train.size(), p.lr);
-        else
-            spdlog::info("data: curriculum phase {}: {} steps, batch {} per rank, {} file(s), on the run's lr schedule", i,
-                         p.steps, batch, p.train.size());
+        const std::string lr = p.lr > 0 ? fmt::format("own warm-up and cosine to lr {:g}", p.lr) : "on the run's lr schedule";
+        spdlog::info("data: curriculum phase {}: {} steps, batch {} per rank, {} file(s), {}", i, p.steps,
+                     core::phase_batch_size(cfg.data, p), p.train.size(), lr);
     }
     spdlog::info("stage {}: {} optimizer steps (data.train: batch {} x grad_accum {} x world {}), device {}", cfg.train.stage, total,
                  cfg.data.batch_size, cfg.data.grad_accum, env.world_size, opt.device_name);
