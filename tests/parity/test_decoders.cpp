@@ -8,6 +8,7 @@
 #include "model/mlp.h"
 #include "model/rope.h"
 #include "test_utils.h"
+#include "tolerance.h"
 
 #include <catch2/catch.hpp>
 
@@ -19,6 +20,7 @@
 #include <sys/wait.h>
 
 using namespace idamoe;
+using idamoe::test::close_to_ref;
 using idamoe::test::fixture_path;
 using idamoe::test::read_file;
 using idamoe::test::TempDir;
@@ -40,22 +42,6 @@ Fixture load_fixture(const std::string & name) {
     return f;
 }
 
-// |got - ref| <= atol + rtol*|ref| with atol = atol_scale * max|ref|; prints the errors seen.
-void check_close(const std::string & what, const torch::Tensor & got, const torch::Tensor & ref, double atol_scale = 1e-4,
-                 double rtol = 1e-4) {
-    INFO(what);
-    REQUIRE(got.sizes() == ref.sizes());
-    const auto g = got.detach().to(torch::kFloat64), r = ref.detach().to(torch::kFloat64);
-    const double max_ref = r.abs().max().item<double>();
-    const double atol = atol_scale * max_ref;
-    const auto err = (g - r).abs();
-    const double max_abs = err.max().item<double>();
-    const double max_rel = (err / r.abs().clamp_min(1e-12)).max().item<double>();
-    std::printf("  %-58s max|ref| %.3g  max abs err %.3g  (atol %.3g)  max rel err %.3g\n", what.c_str(), max_ref,
-                max_abs, atol, max_rel);
-    CHECK((err <= atol + rtol * r.abs()).all().item<bool>());
-}
-
 const char * kModels[] = {"qwen2", "stablelm"};
 
 }  // namespace
@@ -67,12 +53,12 @@ TEST_CASE("decoders: logits and hidden states match HF", "[parity][decoder]") {
             f.lm->eval();
             torch::NoGradGuard ng;
             auto o = f.lm->forward(f.in.at("input_ids"), torch::Tensor(), true);
-            check_close(std::string(name) + " logits", o.logits_BTV, f.out.at("logits"));
+            CHECK(close_to_ref(o.logits_BTV, f.out.at("logits"), std::string(name) + " logits"));
             REQUIRE(o.hidden_states.size() == static_cast<size_t>(f.lm->n_layer() + 1));
             for (size_t i = 0; i < o.hidden_states.size(); ++i)
-                check_close(std::string(name) + " hidden_states." + std::to_string(i), o.hidden_states[i],
-                            f.out.at("hidden_states." + std::to_string(i)));
-            check_close(std::string(name) + " last_hidden_state", o.hidden_states.back(), f.out.at("last_hidden_state"));
+                CHECK(close_to_ref(o.hidden_states[i], f.out.at("hidden_states." + std::to_string(i)),
+                                   std::string(name) + " hidden_states." + std::to_string(i)));
+            CHECK(close_to_ref(o.hidden_states.back(), f.out.at("last_hidden_state"), std::string(name) + " last_hidden_state"));
         }
     }
 }
@@ -100,7 +86,7 @@ TEST_CASE("decoders: loss and gradients match HF, with and without checkpointing
                     if (key.rfind("grad.", 0) != 0) continue;
                     const std::string p = key.substr(5);
                     REQUIRE(params.contains(p));
-                    check_close(std::string(name) + " " + key + (ckpt ? " [ckpt]" : ""), params[p].grad(), ref_grad);
+                    CHECK(close_to_ref(params[p].grad(), ref_grad, std::string(name) + " " + key + (ckpt ? " [ckpt]" : "")));
                 }
                 for (const auto & p : params) {
                     INFO(p.key());
@@ -123,12 +109,12 @@ TEST_CASE("decoders: greedy KV-cache generation matches HF", "[parity][decoder]"
             INFO(g.ids_BN);
             CHECK(torch::equal(g.ids_BN, f.out.at("greedy_ids")));
             CHECK(torch::equal(g.mask_BN, torch::ones_like(g.ids_BN)));
-            check_close(std::string(name) + " cached_step_logits", g.next_logits_BV.unsqueeze(1),
-                        f.out.at("cached_step_logits"));
+            CHECK(close_to_ref(g.next_logits_BV.unsqueeze(1), f.out.at("cached_step_logits"),
+                               std::string(name) + " cached_step_logits"));
             // The cache path equals a full no-cache forward over the generated sequence.
             torch::NoGradGuard ng;
             auto full = f.lm->forward(g.ids_BN, torch::Tensor()).logits_BTV.select(1, -1);
-            check_close(std::string(name) + " cache vs full forward", g.next_logits_BV, full);
+            CHECK(close_to_ref(g.next_logits_BV, full, std::string(name) + " cache vs full forward"));
         }
     }
 }
@@ -154,12 +140,12 @@ TEST_CASE("decoders: a right-padded batch equals each row run alone", "[parity][
                 torch::NoGradGuard ng;
                 auto ob = f.lm->forward(batch, mask, true);
                 auto o1 = f.lm->forward(ids.narrow(1, 0, L1), torch::Tensor(), true);
-                check_close(std::string(name) + " padded row 0 logits", ob.logits_BTV[0], f.out.at("logits")[0]);
-                check_close(std::string(name) + " padded row 1 logits (real positions)",
-                            ob.logits_BTV[1].narrow(0, 0, L1), o1.logits_BTV[0]);
+                CHECK(close_to_ref(ob.logits_BTV[0], f.out.at("logits")[0], std::string(name) + " padded row 0 logits"));
+                CHECK(close_to_ref(ob.logits_BTV[1].narrow(0, 0, L1), o1.logits_BTV[0],
+                                   std::string(name) + " padded row 1 logits (real positions)"));
                 for (size_t i = 0; i < ob.hidden_states.size(); ++i)
-                    check_close(std::string(name) + " padded row 1 hidden_states." + std::to_string(i),
-                                ob.hidden_states[i][1].narrow(0, 0, L1), o1.hidden_states[i][0]);
+                    CHECK(close_to_ref(ob.hidden_states[i][1].narrow(0, 0, L1), o1.hidden_states[i][0],
+                                       std::string(name) + " padded row 1 hidden_states." + std::to_string(i)));
                 // Token-normalised loss: the batch mean is the pooled sum over the pooled count.
                 auto sb = model::causal_lm_loss_sum(ob.logits_BTV, labels);
                 auto s0 = model::causal_lm_loss_sum(ob.logits_BTV.narrow(0, 0, 1), labels.narrow(0, 0, 1));
@@ -281,7 +267,7 @@ TEST_CASE("rotary: partial rotate_half against a naive double-precision loop", "
                     wa[b][h][t][j + r / 2] = c * std::cos(ang) + a * std::sin(ang);
                 }
     // cos/sin come from fp32 tables like HF, so agreement is to fp32 precision.
-    check_close("rope partial (r=4 of 16)", got, want, 1e-6, 1e-6);
+    CHECK(close_to_ref(got, want, "rope partial (r=4 of 16)", 1e-6, 1e-6));
     CHECK(torch::equal(got.narrow(-1, r, d - r), x.narrow(-1, r, d - r)));
 }
 
@@ -378,7 +364,7 @@ TEST_CASE("decoders: strict loading of HF checkpoints and their failure modes", 
     auto logits_b = lmb->forward(f.in.at("input_ids"), torch::Tensor()).logits_BTV;
     CHECK(logits_b.scalar_type() == torch::kBFloat16);
     // bf16 has 8 mantissa bits: loose agreement only, as a sanity check of the dtype path.
-    check_close("stablelm bf16 logits (loose)", logits_b.to(torch::kFloat32), f.out.at("logits"), 0.1, 0.1);
+    CHECK(close_to_ref(logits_b.to(torch::kFloat32), f.out.at("logits"), "stablelm bf16 logits (loose)", 0.1, 0.1));
 
     // Truncated checkpoint: one error naming the file.
     fs::create_directories(d.str("trunc"));
@@ -421,7 +407,7 @@ TEST_CASE("idamoe-forward: end to end on the LM fixtures", "[parity][decoder][cl
                 REQUIRE(got.count(key));
                 if (key == "greedy_ids") CHECK(torch::equal(got.at(key), r));
                 else if (key == "loss") CHECK(std::abs(got.at(key).item<double>() - r.item<double>()) <= 1e-5);
-                else check_close(std::string("cli ") + name + " " + key, got.at(key), r);
+                else CHECK(close_to_ref(got.at(key), r, std::string("cli ") + name + " " + key));
             }
             CHECK(torch::equal(got.at("greedy_attention_mask"), torch::ones({1, 17}, torch::kInt64)));
         }

@@ -3,6 +3,7 @@
 #include "io/safetensors.h"
 #include "model/vision_tower.h"
 #include "test_utils.h"
+#include "tolerance.h"
 
 #include <catch2/catch.hpp>
 
@@ -15,29 +16,11 @@
 
 using namespace idamoe;
 using idamoe::test::fixture_path;
+using idamoe::test::close_to_ref;
 using idamoe::test::TempDir;
 using idamoe::test::write_text;
 
 namespace {
-
-// |got - ref| <= atol + rtol*|ref| elementwise with atol = 1e-4 * max|ref|, rtol = 1e-4: float32
-// CPU runs of the same math; the fixtures' own float64 check (manifest.json f64_check) shows HF's
-// float32 outputs are within ~6e-6 of exact, so 1e-4 relative leaves a 10x margin for a different
-// summation order without admitting a wrong formula (a wrong eps or activation moves outputs ~1e-2).
-bool close_to_ref(const torch::Tensor & got, const torch::Tensor & ref, const std::string & name) {
-    INFO(name << ": got " << got.sizes() << ", ref " << ref.sizes());
-    REQUIRE(got.sizes() == ref.sizes());
-    torch::Tensor g = got.detach().to(torch::kFloat64), r = ref.to(torch::kFloat64);
-    const double max_ref = r.abs().max().item<double>();
-    const double atol = 1e-4 * max_ref, rtol = 1e-4;
-    torch::Tensor diff = (g - r).abs();
-    const double max_abs = diff.max().item<double>();
-    const double max_rel = (diff / r.abs().clamp_min(1e-12)).max().item<double>();
-    const bool ok = (diff <= atol + rtol * r.abs()).all().item<bool>();
-    std::printf("  %-55s max|ref| %.4g  max abs err %.3g  max rel err %.3g  (atol %.3g) %s\n", name.c_str(), max_ref,
-                max_abs, max_rel, atol, ok ? "ok" : "FAIL");
-    return ok;
-}
 
 struct Fixture {
     model::VisionTower tower{nullptr};

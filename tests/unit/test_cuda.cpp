@@ -17,6 +17,7 @@
 #include "moe/ida_router.h"
 #include "moe/moe_layer.h"
 #include "test_utils.h"
+#include "tolerance.h"
 
 #include <ATen/Context.h>
 #include <catch2/catch.hpp>
@@ -24,6 +25,7 @@
 #include <cstdio>
 
 using namespace idamoe;
+using idamoe::test::close_to_ref;
 using idamoe::test::fixture_path;
 
 namespace {
@@ -35,21 +37,6 @@ torch::Device gpu() {
     at::globalContext().setAllowTF32CuBLAS(false);
     at::globalContext().setAllowTF32CuDNN(false);
     return torch::Device(torch::kCUDA, 0);
-}
-
-// |got - ref| <= atol + rtol*|ref| elementwise, atol = atol_scale * max|ref| (tests/parity's rule).
-bool close_to(const torch::Tensor & got, const torch::Tensor & ref, const std::string & what, double atol_scale = 1e-4,
-              double rtol = 1e-4) {
-    const auto g = got.detach().to(torch::kCPU, torch::kFloat64), r = ref.detach().to(torch::kCPU, torch::kFloat64);
-    if (g.sizes() != r.sizes()) {
-        std::printf("  %-52s shape mismatch\n", what.c_str());
-        return false;
-    }
-    const double atol = atol_scale * r.abs().max().item<double>();
-    const auto err = (g - r).abs();
-    const bool ok = (err <= atol + rtol * r.abs()).all().item<bool>();
-    std::printf("  %-52s max abs err %.3g (atol %.3g) %s\n", what.c_str(), err.max().item<double>(), atol, ok ? "ok" : "FAIL");
-    return ok;
 }
 
 // ||got - ref|| / ||ref||, in float64 on the CPU.
@@ -108,8 +95,8 @@ TEST_CASE("cuda: decoders match HF on the GPU in float32 (logits, loss, gradient
                 torch::NoGradGuard ng;
                 auto o = f.lm->forward(ids, torch::Tensor(), true);
                 CHECK(o.logits_BTV.device() == dev);
-                CHECK(close_to(o.logits_BTV, f.out.at("logits"), std::string(name) + " logits"));
-                CHECK(close_to(o.hidden_states.back(), f.out.at("last_hidden_state"), std::string(name) + " last_hidden_state"));
+                CHECK(close_to_ref(o.logits_BTV, f.out.at("logits"), std::string(name) + " logits"));
+                CHECK(close_to_ref(o.hidden_states.back(), f.out.at("last_hidden_state"), std::string(name) + " last_hidden_state"));
             }
             f.lm->train();
             f.lm->zero_grad();
@@ -123,7 +110,7 @@ TEST_CASE("cuda: decoders match HF on the GPU in float32 (logits, loss, gradient
             for (const auto & [key, ref_grad] : f.out) {
                 if (key.rfind("grad.", 0) != 0) continue;
                 REQUIRE(params.contains(key.substr(5)));
-                CHECK(close_to(params[key.substr(5)].grad(), ref_grad, std::string(name) + " " + key));
+                CHECK(close_to_ref(params[key.substr(5)].grad(), ref_grad, std::string(name) + " " + key));
             }
             f.lm->eval();
             auto g = model::greedy_generate(f.lm, ids, torch::Tensor(), 6);
@@ -180,8 +167,8 @@ TEST_CASE("cuda: CLIP and SigLIP towers match HF on the GPU in float32", "[.cuda
             const auto out = io::load_safetensors(dir + "/outputs.safetensors");
             torch::NoGradGuard ng;
             const auto px = in.at("pixel_values").to(dev);
-            CHECK(close_to(tower->last_hidden_state(px), out.at("last_hidden_state"), std::string(name) + " last_hidden_state"));
-            CHECK(close_to(tower->features(px, -2, "cls_patch"), out.at("hidden_states_minus2"),
+            CHECK(close_to_ref(tower->last_hidden_state(px), out.at("last_hidden_state"), std::string(name) + " last_hidden_state"));
+            CHECK(close_to_ref(tower->features(px, -2, "cls_patch"), out.at("hidden_states_minus2"),
                            std::string(name) + " features(-2)"));
         }
     }
@@ -208,10 +195,10 @@ TEST_CASE("cuda: the IDA-MoE layer on the GPU equals the same layer on the CPU",
     const auto y_gpu = run(*gpu_layer, dev);
     CHECK(y_gpu.device() == dev);
     CHECK(torch::equal(cpu->aux()->topk_idx_TK, gpu_layer->aux()->topk_idx_TK.cpu()));  // same routing
-    CHECK(close_to(y_gpu, y_cpu, "moe output"));
-    CHECK(close_to(gpu_layer->aux()->loss, cpu->aux()->loss, "router loss (alpha*L_AE + beta*sum_j L_GMM)"));
+    CHECK(close_to_ref(y_gpu, y_cpu, "moe output"));
+    CHECK(close_to_ref(gpu_layer->aux()->loss, cpu->aux()->loss, "router loss (alpha*L_AE + beta*sum_j L_GMM)"));
     for (const char * part : {"ae", "gmm"})
-        CHECK(close_to(gpu_layer->aux()->parts.at(part), cpu->aux()->parts.at(part), std::string("part ") + part));
+        CHECK(close_to_ref(gpu_layer->aux()->parts.at(part), cpu->aux()->parts.at(part), std::string("part ") + part));
     CHECK(torch::equal(cpu->aux()->counts_E, gpu_layer->aux()->counts_E.cpu()));
     auto g_cpu = cpu->named_parameters();
     for (const auto & p : gpu_layer->named_parameters()) {
@@ -221,7 +208,7 @@ TEST_CASE("cuda: the IDA-MoE layer on the GPU equals the same layer on the CPU",
             continue;
         }
         REQUIRE(p.value().grad().defined());
-        CHECK(close_to(p.value().grad(), g_cpu[p.key()].grad(), "grad " + p.key(), 1e-4, 1e-3));
+        CHECK(close_to_ref(p.value().grad(), g_cpu[p.key()].grad(), "grad " + p.key(), 1e-4, 1e-3));
     }
     // Training mode (reactivation draws on the GPU's generator) runs and stays finite.
     gpu_layer->train();
